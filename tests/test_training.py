@@ -1,0 +1,137 @@
+"""The three scripts end to end on tiny synthetic data: outputs, metrics, resume."""
+import json
+import os
+import runpy
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from synthetic_data import write_dataset
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--max_iter', '6', '--batch_size', '8', '--latent_dim', '2', '--length', '2', '--log_every', '2',
+        '--sample_every', '3', '--ckpt_every', '3', '--iw_samples', '4', '--sample_size', '4']
+SCRIPT_FLAGS = {
+    'static_flow_vae.py': ['--layer', '1', '--hidden_dim', '16'],
+    'dynamic_flow_vae.py': ['--layer', '1', '--hidden_dim', '16'],
+    'static_flow_conv_vae.py': ['--base_dim', '4', '--scale', '1'],
+}
+ALL_KINDS = ['none', 'planar', 'radial', 'householder', 'nice']
+
+
+def run_script(script, argv, capsys=None):
+    """Run a script in this process as `python script argv`; returns its exit code."""
+    old = sys.argv
+    sys.argv = [script, *argv]
+    try:
+        runpy.run_path(os.path.join(ROOT, script), run_name='__main__')
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = old
+    raise AssertionError('the script returned without sys.exit')
+
+
+@pytest.fixture(scope='module')
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    for name in ('mnist', 'fashion-mnist', 'svhn', 'cifar10'):
+        write_dataset(name, str(root))
+    return str(root)
+
+
+def read_log(out_dir):
+    (log,) = os.listdir(os.path.join(out_dir, 'logs'))
+    with open(os.path.join(out_dir, 'logs', log)) as f:
+        return log[:-len('.jsonl')], [json.loads(line) for line in f]
+
+
+def grid_size(n, side, nrow):
+    """torchvision's make_grid with padding 2: (width, height)."""
+    rows = -(-n // nrow)
+    return nrow * (side + 2) + 2, rows * (side + 2) + 2
+
+
+@pytest.mark.parametrize('script', list(SCRIPT_FLAGS))
+@pytest.mark.parametrize('kind', ALL_KINDS)
+def test_script_writes_every_output(script, kind, data_root, tmp_path):
+    out = str(tmp_path)
+    code = run_script(script, [*TINY, *SCRIPT_FLAGS[script], '--flow', kind, '--data_dir', data_root,
+                               '--out_dir', out, '--device', 'cpu'])
+    assert code == 0
+    prefix, records = read_log(out)
+    final = records[-1]
+    assert final['final'] and final['iter'] == 6 and final['iw_samples'] == 4
+    assert all(torch.isfinite(torch.tensor(final[k])) for k in ('test_elbo', 'test_log_px_iw'))
+    assert [r['iter'] for r in records if 'loss' in r] == [2, 4, 6]
+    assert [r['iter'] for r in records if 'test_elbo' in r and not r.get('final')] == [3, 6]
+    if kind != 'none':
+        assert f'__{kind}_len2' in prefix and ('_amortized' in prefix) == (script == 'dynamic_flow_vae.py')
+
+    for it in (3, 6):
+        with Image.open(os.path.join(out, 'samples', f'{prefix}_{it}.png')) as img:
+            assert img.size == grid_size(4, 28, 2)
+        with Image.open(os.path.join(out, 'reconstructions', f'{prefix}_{it}.png')) as img:
+            assert img.size == grid_size(64, 28, 16)  # 32 test images beside their reconstructions
+    for name in ('latent', 'curves'):
+        with Image.open(os.path.join(out, 'plots', f'{prefix}_{name}.png')) as img:
+            assert img.size[0] > 300 and img.size[1] > 200
+    ckpt = torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
+    assert ckpt['iter'] == 6 and ckpt['script'] == script and ckpt['config']['flow'] == kind
+
+
+@pytest.mark.parametrize('dataset', ['fashion-mnist', 'svhn', 'cifar10'])
+@pytest.mark.parametrize('script', ['static_flow_vae.py', 'static_flow_conv_vae.py'])
+def test_8bit_datasets_report_bits_per_dim(script, dataset, data_root, tmp_path):
+    out = str(tmp_path)
+    code = run_script(script, [*TINY, *SCRIPT_FLAGS[script], '--flow', 'planar', '--dataset', dataset,
+                               '--data_dir', data_root, '--out_dir', out, '--device', 'cpu'])
+    assert code == 0
+    prefix, records = read_log(out)
+    final = records[-1]
+    dims = 28 * 28 if dataset == 'fashion-mnist' else 3 * 32 * 32
+    # bits/dim is the nats figure of the dequantized data converted: (-log p + D log 256) / (D log 2)
+    expected = (-final['test_elbo'] + dims * torch.log(torch.tensor(256.))) / (dims * torch.log(torch.tensor(2.)))
+    assert final['test_bpd_elbo'] == pytest.approx(float(expected), rel=1e-6)
+    assert 0 < final['test_bpd_log_px_iw'] < 100
+    side = 28 if dataset == 'fashion-mnist' else 32
+    with Image.open(os.path.join(out, 'samples', f'{prefix}_6.png')) as img:
+        assert img.size == grid_size(4, side, 2)
+
+
+@pytest.mark.parametrize('script,kind', [('static_flow_vae.py', 'planar'), ('dynamic_flow_vae.py', 'nice'),
+                                         ('static_flow_conv_vae.py', 'radial')])
+def test_resume_continues_exactly(script, kind, data_root, tmp_path):
+    """N iterations, then --resume for N more, gives the parameters of 2N in one go."""
+    flags = [*SCRIPT_FLAGS[script], '--flow', kind, '--data_dir', data_root, '--device', 'cpu',
+             '--batch_size', '8', '--latent_dim', '2', '--length', '2', '--iw_samples', '2',
+             '--sample_every', '4', '--ckpt_every', '4', '--log_every', '2', '--warmup', '5']
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    assert run_script(script, [*flags, '--max_iter', '8', '--out_dir', straight]) == 0
+    assert run_script(script, [*flags, '--max_iter', '4', '--out_dir', split]) == 0
+    (ckpt,) = os.listdir(os.path.join(split, 'checkpoints'))
+    resume = os.path.join(split, 'checkpoints', ckpt)
+    assert run_script(script, ['--resume', resume, '--max_iter', '8', '--data_dir', data_root,
+                               '--out_dir', split, '--iw_samples', '2']) == 0
+
+    a = torch.load(os.path.join(straight, 'checkpoints', ckpt), weights_only=True)
+    b = torch.load(resume, weights_only=True)
+    assert a['iter'] == b['iter'] == 8
+    for key, value in a['model'].items():
+        torch.testing.assert_close(b['model'][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_eval_only_reproduces_the_final_metrics(data_root, tmp_path):
+    out = str(tmp_path)
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'householder', '--data_dir', data_root,
+             '--out_dir', out]
+    assert run_script('static_flow_vae.py', flags) == 0
+    prefix, first = read_log(out)
+    resume = os.path.join(out, 'checkpoints', f'{prefix}.pt')
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--eval_only', '--iw_samples', '4',
+                                             '--data_dir', data_root, '--out_dir', out]) == 0
+    _, records = read_log(out)
+    for key in ('test_elbo', 'test_log_px_iw'):
+        assert records[-1][key] == pytest.approx(first[-1][key], abs=1e-9)

@@ -1,0 +1,180 @@
+"""The ELBO and the importance-weighted estimator against cases whose answer is known."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from flows import build_flow
+from vae import (FlowVAE, elbo, iw_log_likelihood, kl_standard_normal, log_normal_diag,
+                 log_standard_normal, training_loss)
+
+@pytest.fixture(autouse=True, scope='module')
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+class LinearVAE(FlowVAE):
+    """Decoder mean W z + b reshaped to (1, 1, P); encoder (mean, log_var) linear in x (or fixed)."""
+
+    def __init__(self, W, b, likelihood, flow, enc_A=None, enc_c=None, enc_log_var=None):
+        super().__init__(flow, likelihood, (1, 1, W.shape[0]))
+        self.W, self.b = W, b
+        latent = W.shape[1]
+        self.enc_A = torch.zeros(latent, W.shape[0]) if enc_A is None else enc_A
+        self.enc_c = torch.zeros(latent) if enc_c is None else enc_c
+        self.enc_log_var = torch.zeros(latent) if enc_log_var is None else enc_log_var
+
+    def encode(self, x):
+        x = x.flatten(1)
+        mean = x @ self.enc_A.T + self.enc_c
+        return mean, self.enc_log_var.expand_as(mean), None
+
+    def decode(self, z):
+        return (z @ self.W.T + self.b).view(-1, *self.image_shape)
+
+
+def perturbed_flow(kind, dim, scale=0.3, seed=0):
+    flow = build_flow(kind, dim, 2)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return flow
+
+
+def linear_gaussian(seed, latent=2, pixels=5, sigma=1.0, w_scale=0.4, n=8):
+    """x = W z + b + sigma eps, z ~ N(0, I): returns W, b, x (n, 1, 1, P) and the exact log p(x)."""
+    torch.manual_seed(seed)
+    W, b = w_scale * torch.randn(pixels, latent), torch.randn(pixels)
+    marginal = torch.distributions.MultivariateNormal(b, W @ W.T + sigma ** 2 * torch.eye(pixels))
+    x = marginal.sample((n,))
+    return W, b, x.view(n, 1, 1, pixels), marginal.log_prob(x)
+
+
+class DropLogDet(nn.Module):
+    """A flow with its log-determinant thrown away: what a broken estimator would use."""
+
+    def __init__(self, flow):
+        super().__init__()
+        self.inner, self.kind, self.length = flow, flow.kind, flow.length
+
+    def forward(self, z, context=None):
+        z_k, log_det = self.inner(z, context)
+        return z_k, torch.zeros_like(log_det)
+
+
+def test_iw_and_elbo_match_exact_linear_gaussian_without_flow():
+    """q0 with the exact posterior mean and twice its variances: the ELBO gap is KL(q0 || p(z|x))."""
+    W, b, x, exact = linear_gaussian(seed=0, sigma=0.5, w_scale=1.0)
+    latent, sigma = W.shape[1], 0.5
+    S = torch.linalg.inv(torch.eye(latent) + W.T @ W / sigma ** 2)     # posterior covariance
+    q_var = 2 * torch.diagonal(S)
+    model = LinearVAE(W, b, 'gaussian', build_flow('none', latent, 0), enc_A=S @ W.T / sigma ** 2,
+                      enc_c=-(S @ W.T @ b) / sigma ** 2, enc_log_var=q_var.log())
+    with torch.no_grad():
+        model.log_scale.fill_(math.log(sigma))
+
+    torch.testing.assert_close(iw_log_likelihood(model, x, 5000, max_rows=4096), exact, atol=0.05, rtol=0)
+    draws = 20000
+    elbos = elbo(model(x.repeat(draws, 1, 1, 1)), model.has_flow).detach().view(draws, len(x))
+    mean_elbo, stderr = elbos.mean(0), elbos.std(0) / math.sqrt(draws)
+    gap = 0.5 * (torch.trace(torch.linalg.inv(S) * q_var) - latent + torch.logdet(S) - q_var.log().sum())
+    assert gap > 0.1
+    torch.testing.assert_close(mean_elbo, exact - gap, atol=float(4 * stderr.max()) + 1e-3, rtol=0)
+
+
+@pytest.mark.parametrize('kind,scale', [('planar', 0.3), ('radial', 0.3), ('householder', 0.5)])
+def test_iw_with_a_flow_matches_exact_linear_gaussian(kind, scale):
+    """q0 = N(0, I) pushed through a random flow: the weights need the flow's log-det to be right."""
+    W, b, x, exact = linear_gaussian(seed=0)
+    flow = perturbed_flow(kind, W.shape[1], scale=scale)
+    model = LinearVAE(W, b, 'gaussian', flow)
+    torch.testing.assert_close(iw_log_likelihood(model, x, 5000), exact, atol=0.05, rtol=0)
+    mean_elbo = elbo(model(x.repeat(5000, 1, 1, 1)), model.has_flow).detach().view(5000, len(x)).mean(0)
+    assert (mean_elbo < exact).all()
+    if kind != 'householder':  # volume-preserving: nothing to drop
+        model.flow = DropLogDet(flow)
+        assert (iw_log_likelihood(model, x, 5000) - exact).abs().max() > 0.2
+
+
+def test_iw_matches_quadrature_bernoulli():
+    """A Bernoulli decoder on a 2-D latent: log p(x) by quadrature on a 401 x 401 grid."""
+    torch.manual_seed(1)
+    latent, pixels = 2, 6
+    W, b = 1.5 * torch.randn(pixels, latent), torch.randn(pixels)
+    model = LinearVAE(W, b, 'bernoulli', build_flow('none', latent, 0))  # q0 = the prior
+    x = torch.bernoulli(torch.full((4, pixels), 0.5))
+    grid = torch.linspace(-8, 8, 401)
+    step = grid[1] - grid[0]
+    z = torch.cartesian_prod(grid, grid)                                 # (G, 2)
+    logits = z @ W.T + b                                                  # (G, P)
+    log_px_z = -nn.functional.binary_cross_entropy_with_logits(
+        logits[:, None].expand(-1, 4, -1), x[None].expand(len(z), -1, -1), reduction='none').sum(-1)
+    exact = torch.logsumexp(log_px_z + log_standard_normal(z)[:, None], 0) + 2 * step.log()
+
+    estimate = iw_log_likelihood(model, x.view(4, 1, 1, pixels), 5000)
+    torch.testing.assert_close(estimate, exact, atol=0.1, rtol=0)
+
+
+@pytest.mark.parametrize('kind', ['planar', 'radial', 'householder', 'nice'])
+def test_elbo_equals_hand_computation(kind):
+    """With eps fixed, the model's ELBO is log p(x|z_K) + log p(z_K) - log q0(z0|x) + log_det."""
+    torch.manual_seed(2)
+    latent, pixels = 4, 7
+    model = LinearVAE(torch.randn(pixels, latent), torch.randn(pixels), 'gaussian',
+                      perturbed_flow(kind, latent), enc_A=torch.randn(latent, pixels),
+                      enc_log_var=torch.randn(latent))
+    x = torch.randn(3, 1, 1, pixels)
+    eps = torch.randn(3, latent)
+
+    mean, log_var, _ = model.encode(x)
+    z0 = mean + (0.5 * log_var).exp() * eps
+    z_k, log_det = model.flow(z0)
+    var = log_var.exp()
+    log_q0 = (-0.5 * math.log(2 * math.pi) - 0.5 * log_var - (z0 - mean) ** 2 / (2 * var)).sum(-1)
+    log_pz = (-0.5 * math.log(2 * math.pi) - 0.5 * z_k ** 2).sum(-1)
+    x_mean = z_k @ model.W.T + model.b
+    log_px = (-0.5 * math.log(2 * math.pi) - model.log_scale.flatten()
+              - 0.5 * (x.flatten(1) - x_mean) ** 2 / (2 * model.log_scale.flatten()).exp()).sum(-1)
+    by_hand = log_px + log_pz - log_q0 + log_det
+
+    terms = model(x, eps)
+    torch.testing.assert_close(elbo(terms, model.has_flow), by_hand)
+    torch.testing.assert_close(training_loss(terms, True, 'elbo', beta=1.0), -by_hand)
+    # beta scales exactly the terms other than log p(x|z_K)
+    torch.testing.assert_close(training_loss(terms, True, 'elbo', beta=0.25),
+                               -(log_px + 0.25 * (log_pz - log_q0 + log_det)))
+
+
+def test_densities_against_torch_distributions():
+    torch.manual_seed(3)
+    z, mean, log_var = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
+    normal = torch.distributions.Normal(mean, (0.5 * log_var).exp())
+    torch.testing.assert_close(log_normal_diag(z, mean, log_var), normal.log_prob(z).sum(-1))
+    torch.testing.assert_close(log_standard_normal(z), torch.distributions.Normal(0., 1.).log_prob(z).sum(-1))
+    prior = torch.distributions.Normal(torch.zeros(3), torch.ones(3))
+    torch.testing.assert_close(kl_standard_normal(mean, log_var),
+                               torch.distributions.kl_divergence(normal, prior).sum(-1))
+
+
+def test_seed_objective_differs_with_a_flow_and_not_without():
+    torch.manual_seed(4)
+    latent, pixels = 3, 6
+    args = (torch.randn(pixels, latent), torch.randn(pixels), 'bernoulli')
+    x = torch.bernoulli(torch.full((4, 1, 1, pixels), 0.5))
+    eps = torch.randn(4, latent)
+
+    planar = LinearVAE(*args, perturbed_flow('planar', latent, scale=1.0), enc_A=torch.randn(latent, pixels))
+    terms = planar(x, eps)
+    assert not torch.allclose(training_loss(terms, True, 'seed'), training_loss(terms, True, 'elbo'))
+    # the seed objective is KL(q0 || p) at z0 minus the log-det
+    torch.testing.assert_close(training_loss(terms, True, 'seed'), -terms.log_px + terms.kl0 - terms.log_det)
+
+    none = LinearVAE(*args, build_flow('none', latent, 0), enc_A=torch.randn(latent, pixels))
+    terms = none(x, eps)
+    assert not none.has_flow
+    torch.testing.assert_close(training_loss(terms, False, 'seed'), training_loss(terms, False, 'elbo'))

@@ -1,0 +1,512 @@
+"""What the three training scripts share: flags, output names, checkpoints, the loop, evaluation.
+
+A script defines its model and its own flags, then calls `main(parser, SCRIPT, build_model, ...)`.
+Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (non-finite steps),
+128 + signal number when stopped by SIGINT/SIGTERM after saving a resumable checkpoint.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+from tqdm import tqdm
+
+import data_utils
+import plotting
+from flows import FLOW_KINDS
+from vae import OBJECTIVES, elbo, iw_log_likelihood, training_loss
+
+TEST_BINARIZATION_SEED = 0   # the binarized MNIST test set is drawn once, the same for every run
+EVAL_SEED = 1234             # noise of test-time evaluation (reparameterization, dequantization)
+IW_BATCH = 100               # test images per importance-weighted batch (their K samples are chunked)
+# flags that may change when a run is resumed; every other flag defines the run and comes from the checkpoint
+RESUMABLE = {'resume', 'eval_only', 'max_iter', 'out_dir', 'data_dir', 'device', 'log_every',
+             'sample_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'lr', 'clip_grad',
+             'sample_size'}
+OUTPUT_DIRS = ('samples', 'reconstructions', 'plots', 'checkpoints', 'logs')
+
+
+class UsageError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+class Diverged(Exception):
+    """Too many consecutive non-finite steps: printed as one line, exit code 3."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def base_parser(description, latent_dim, max_iter):
+    """The flags every script has (the original repo's names and defaults, plus ours)."""
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--dataset', default='mnist', choices=data_utils.DATASETS, help='dataset')
+    p.add_argument('--data_dir', default=data_utils.default_data_dir(),
+                   help='data root ($FLOW_VAE_DATA, else ./data); missing files are fetched')
+    p.add_argument('--binarize', default='dynamic', choices=('dynamic', 'static', 'none'),
+                   help='MNIST only: a fresh Bernoulli draw per use (dynamic), one fixed draw '
+                        '(static), or grey levels with a BCE loss (none: the original repo; '
+                        'not a normalized likelihood, so its nats are not log p(x))')
+    p.add_argument('--flip', type=int, default=None, choices=(0, 1),
+                   help='random horizontal flips of training images (default: on for cifar10 only)')
+    p.add_argument('--batch_size', type=int, default=128, help='minibatch size')
+    p.add_argument('--latent_dim', type=int, default=latent_dim, help='dimension of z')
+    p.add_argument('--flow', default='none', choices=FLOW_KINDS, help='normalizing flow on z')
+    p.add_argument('--length', type=int, default=8, help='number of flow steps')
+    p.add_argument('--objective', default='elbo', choices=OBJECTIVES,
+                   help="'elbo': the flow ELBO with the prior at z_K; 'seed': the original "
+                        "repo's KL(q0||p) at z0 minus the log-det (to reproduce its figures; not a bound)")
+    p.add_argument('--warmup', type=int, default=0,
+                   help='KL warm-up: the KL terms are scaled by beta rising from 0 to 1 over this many iterations')
+    p.add_argument('--max_iter', type=int, default=max_iter, help='training iterations')
+    p.add_argument('--sample_size', type=int, default=64, help='images in each sample grid')
+    p.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
+    p.add_argument('--momentum', type=float, default=0.9, help='Adam beta1')
+    p.add_argument('--decay', type=float, default=0.999, help='Adam beta2')
+    p.add_argument('--clip_grad', type=float, default=0.0,
+                   help='clip the gradient norm to this value (0: no clipping)')
+    p.add_argument('--max_bad_steps', type=int, default=10,
+                   help='stop after this many consecutive non-finite steps (each one is skipped)')
+    p.add_argument('--seed', type=int, default=0, help='random seed')
+    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda', 'mps'),
+                   help='auto picks CUDA, then MPS, then the CPU')
+    p.add_argument('--out_dir', default='.', help='where samples/, plots/, checkpoints/, ... go')
+    p.add_argument('--log_every', type=int, default=100, help='log the running loss every N iterations')
+    p.add_argument('--sample_every', type=int, default=1000,
+                   help='save samples and reconstructions and compute the test ELBO every N iterations')
+    p.add_argument('--ckpt_every', type=int, default=1000, help='save a checkpoint every N iterations')
+    p.add_argument('--resume', default=None, metavar='PATH', help='continue from this checkpoint')
+    p.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
+    p.add_argument('--iw_samples', type=int, default=1000,
+                   help='K, importance samples per test image for the log-likelihood estimate')
+    return p
+
+
+def explicit_flags(parser, argv):
+    """The dests of the flags written on the command line (to tell them from defaults)."""
+    given = {a.split('=', 1)[0] for a in argv if a.startswith('--')}
+    options = {o for act in parser._actions for o in act.option_strings}
+    # argparse also accepts an unambiguous prefix (--latent for --latent_dim): resolve it the same way
+    given |= {o for g in given - options for o in options if o.startswith(g)}
+    return {act.dest for act in parser._actions if given & set(act.option_strings)}
+
+
+def run_prefix(args, arch):
+    """The original repo's file prefix, e.g. mnist_bs128_ly2_hd400_lt2_gt0__planar_len16.
+
+    `arch` is the script's part (e.g. 'ly2_hd400_lt2_gt0'); amortized flows, the seed objective
+    and warm-up get a suffix so that no two runs share a prefix.
+    """
+    prefix = f'{args.dataset}_bs{args.batch_size}_{arch}_'
+    if args.flow != 'none':
+        prefix += f'_{args.flow}_len{args.length}'
+        if getattr(args, 'amortized', False):
+            prefix += '_amortized'
+    if args.objective != 'elbo':
+        prefix += f'_{args.objective}obj'
+    if args.warmup:
+        prefix += f'_wu{args.warmup}'
+    return prefix
+
+
+def check_args(args, image_shape):
+    """Refuse flag values that cannot work together, before any data is touched."""
+    for flag in ('batch_size', 'latent_dim', 'max_iter', 'sample_size', 'log_every',
+                 'sample_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'length', 'warmup'):
+        low = 0 if flag in ('max_iter', 'length', 'warmup') else 1
+        if getattr(args, flag) < low:
+            raise UsageError(f'--{flag} {getattr(args, flag)} is invalid: it must be >= {low}')
+    if args.flow != 'none' and args.length == 0:
+        raise UsageError(f'--flow {args.flow} with --length 0 is no flow: use --length >= 1 or --flow none')
+    if args.flow == 'nice' and args.latent_dim < 2:
+        raise UsageError(f'--flow nice needs --latent_dim >= 2 (it splits z in two halves), got {args.latent_dim}')
+    if not (0 < args.lr < math.inf and args.clip_grad >= 0):   # written so that nan is refused too
+        raise UsageError(f'--lr {args.lr:g} must be finite and > 0 and --clip_grad {args.clip_grad:g} >= 0')
+    if not (0 <= args.momentum < 1 and 0 <= args.decay < 1):
+        raise UsageError(f'--momentum {args.momentum:g} and --decay {args.decay:g} (Adam betas) must be in [0, 1)')
+    if args.eval_only and not args.resume:
+        raise UsageError('--eval_only needs --resume PATH: there is no trained model to evaluate')
+
+
+def pick_device(name):
+    if name == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        return torch.device('mps' if torch.backends.mps.is_available() else 'cpu')
+    available = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
+    if not available[name]:
+        raise UsageError(f'--device {name} is not available on this machine: use --device auto or cpu')
+    return torch.device(name)
+
+
+def prepare_out_dirs(out_dir):
+    """Create the output folders and prove they are writable, before training starts."""
+    paths = {}
+    for sub in OUTPUT_DIRS:
+        path = os.path.join(out_dir, sub)
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            raise UsageError(f'cannot write to {path} ({e.strerror}): choose a writable --out_dir') from None
+        paths[sub] = path
+    return paths
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+def save_checkpoint(state, path):
+    """Write atomically: a temporary file in the same folder, fsync, then os.replace.
+
+    A process killed at any moment leaves the previous or the new checkpoint, never half of one.
+    Returns False (and keeps the previous checkpoint) when the write fails, e.g. on a full disk.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pt', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        os.unlink(tmp)
+        print(f'warning: could not save checkpoint {path} ({e.strerror}); kept the previous one',
+              file=sys.stderr)
+        return False
+    return True
+
+
+def load_checkpoint(path, script):
+    """Load with weights_only=True (nothing in the file can run code) and check it is ours."""
+    if not os.path.isfile(path):
+        raise UsageError(f'checkpoint {path} does not exist: check the --resume path')
+    try:
+        with warnings.catch_warnings():   # torch warns about the pickle protocol of foreign files: one line only
+            warnings.simplefilter('ignore')
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, corrupt or unsafe files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if 'GLOBAL' in str(e) or 'Unsupported global' in str(e):   # it would import something (os.system, ...)
+            reason = 'it holds objects other than tensors and plain data, refused for safety'
+        elif 'weights_only' in str(e):   # not a pickle of tensors and plain data: damaged, or not a checkpoint
+            detail = [line for line in str(e).splitlines() if line.strip().startswith('Unsupported')]
+            reason = f'not a file of tensors and plain data ({detail[0].strip() if detail else "unreadable"})'
+        raise UsageError(f'cannot load checkpoint {path}: {reason}') from None
+    needed = ('script', 'config', 'iter', 'model', 'optimizer')
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
+        raise UsageError(f'{path} is not a flow-vae checkpoint (it lacks {needed}): pass a file from checkpoints/')
+    if ckpt['script'] != script:
+        raise UsageError(f'{path} was made by {ckpt["script"]}, not {script}: resume it with that script')
+    return ckpt
+
+
+def merge_config(args, ckpt, explicit, path):
+    """The run's flags come from the checkpoint; a flag given now that differs is refused.
+
+    RESUMABLE flags may be given anew; those not given also come from the checkpoint, so that a bare
+    `--resume PATH` continues with the run's --max_iter, --lr, --data_dir and --out_dir.
+    """
+    saved = ckpt['config']
+    for key, value in saved.items():
+        if key in ('resume', 'eval_only') or not hasattr(args, key):
+            continue
+        if key in explicit:
+            if key not in RESUMABLE and getattr(args, key) != value:
+                raise UsageError(f'--{key} {getattr(args, key)} differs from {path}, made with '
+                                 f'--{key} {value}: drop the flag or start a new run')
+            continue
+        setattr(args, key, value)
+
+
+# ---- training and evaluation --------------------------------------------------------------------
+
+def warmup_beta(it, warmup):
+    """KL weight beta_t = min(1, t / warmup) (Rezende & Mohamed 2015, sec. 6)."""
+    return 1.0 if warmup == 0 else min(1.0, it / warmup)
+
+
+@contextlib.contextmanager
+def eval_rng(device):
+    """Fork the RNG and seed it: evaluation is repeatable and leaves training's RNG untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        torch.manual_seed(EVAL_SEED)
+        yield
+
+
+@torch.no_grad()
+def evaluate(model, pre, images, labels, iw_samples=0, batch_size=500):
+    """Test-set ELBO (and IW log-likelihood when iw_samples > 0), in nats per example.
+
+    For 8-bit data the logit and dequantization Jacobians are included, so the numbers are bounds
+    on the log-density of the dequantized pixels in [0, 256)^D, and bits/dim follow from them.
+    """
+    model.eval()
+    elbo_sum = iw_sum = 0.0
+    with eval_rng(images.device):
+        for start in range(0, images.shape[0], batch_size):
+            x, log_det_pre = pre(images[start:start + batch_size], train=False)
+            elbo_sum += (elbo(model(x), model.has_flow) + log_det_pre).sum().item()
+        for start in range(0, images.shape[0] if iw_samples else 0, IW_BATCH):
+            x, log_det_pre = pre(images[start:start + IW_BATCH], train=False)
+            iw_sum += (iw_log_likelihood(model, x, iw_samples, model.iw_rows) + log_det_pre).sum().item()
+    model.train()
+    n, dims = images.shape[0], images[0].numel()
+    metrics = {'test_elbo': elbo_sum / n}
+    if iw_samples:
+        metrics.update(test_log_px_iw=iw_sum / n, iw_samples=iw_samples)
+    if not pre.binary:
+        metrics.update({key.replace('test_', 'test_bpd_'): bits_per_dim(value, dims)
+                        for key, value in list(metrics.items()) if key.startswith('test_')})
+    return metrics
+
+
+def bits_per_dim(log_density, dims):
+    """Bits/dim of 8-bit data from log p(y), y = (x + u)/256 in [0, 1)^D: (-log p + D log 256) / (D log 2)."""
+    return (-log_density + dims * math.log(256)) / (dims * math.log(2))
+
+
+@torch.no_grad()
+def save_pictures(model, pre, test_images, args, paths, prefix, it):
+    """Prior samples and test reconstructions at iteration `it`."""
+    model.eval()
+    device = test_images.device
+    with eval_rng(device):
+        z = torch.randn(args.sample_size, args.latent_dim, device=device)
+        samples = pre.to_image(model.mean_image(model.decode(z)))
+        plotting.save_grid(samples, os.path.join(paths['samples'], f'{prefix}_{it}.png'))
+        x, _ = pre(test_images[:32], train=False)
+        recon = pre.to_image(model.mean_image(model.decode(model.latents(x)[1])))
+        plotting.save_reconstructions(pre.to_image(x), recon,
+                                      os.path.join(paths['reconstructions'], f'{prefix}_{it}.png'))
+    model.train()
+
+
+@torch.no_grad()
+def save_latent_plot(model, pre, images, labels, path, title):
+    model.eval()
+    with eval_rng(images.device):
+        pairs = [model.latents(pre(images[s:s + 1000], train=False)[0]) for s in range(0, len(images), 1000)]
+    model.train()
+    z0, z_k = (torch.cat(z) for z in zip(*pairs))
+    plotting.plot_latents(z0, z_k, labels, path, title)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits at the next iteration."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def log_json(path, record):
+    with open(path, 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def train_step(model, optimizer, params, x, log_det_pre, args, it):
+    """One Adam step on the batch's mean loss; returns (loss, applied).
+
+    A step whose loss or gradient norm is not finite is not applied. Checking that is the one host
+    sync per step, the price of never letting a NaN reach the parameters.
+    """
+    terms = model(x)
+    beta = warmup_beta(it, args.warmup)
+    loss = (training_loss(terms, model.has_flow, args.objective, beta) - log_det_pre).mean()
+    optimizer.zero_grad(set_to_none=True)
+    (loss + model.penalty()).backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads)
+    applied = bool(torch.isfinite(loss + grad_norm))
+    if applied:
+        if args.clip_grad:
+            torch.nn.utils.clip_grads_with_norm_(grads, args.clip_grad, grad_norm)
+        optimizer.step()
+    return loss.detach(), applied
+
+
+def train(args, model, optimizer, batches, pre, test, state, paths, prefix, script):
+    """The training loop: one flat loop with `if it % every == 0` blocks. Returns the stop signal or None."""
+    ckpt_path = os.path.join(paths['checkpoints'], f'{prefix}.pt')
+    log_path = os.path.join(paths['logs'], f'{prefix}.jsonl')
+    params = [p for p in model.parameters() if p.requires_grad]
+    dims = test[0][0].numel()
+
+    def checkpoint(it):
+        state['iter'] = it
+        rng = {'cpu': torch.get_rng_state(),
+               'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        return save_checkpoint({
+            'script': script, 'config': vars(args), 'iter': it, 'model': model.state_dict(),
+            'optimizer': optimizer.state_dict(), 'batches': batches.state_dict(), 'rng': rng,
+            'history': state['history'], 'skipped': state['skipped']}, ckpt_path)
+
+    it, bad = state['iter'], 0
+    running, n_running = torch.zeros((), device=test[0].device), 0
+    t_last, it_last, t_other = time.perf_counter(), it, 0.0   # t_other: time spent outside training steps
+    bar = tqdm(total=args.max_iter, initial=it, disable=None, dynamic_ncols=True, desc=prefix)
+    with StopRequest() as stop:
+        while it < args.max_iter and stop.signum is None:
+            it += 1
+            x, log_det_pre = pre(next(batches)[0], train=True)
+            loss, applied = train_step(model, optimizer, params, x, log_det_pre, args, it)
+            if applied:
+                running += loss
+                n_running, bad = n_running + 1, 0
+            else:
+                state['skipped'] += 1
+                bad += 1
+                if bad >= args.max_bad_steps:
+                    bar.close()
+                    kept = f'the last good checkpoint is {ckpt_path}' if os.path.exists(ckpt_path) \
+                        else 'no checkpoint was saved yet'
+                    raise Diverged(
+                        f'training stopped at iteration {it}: {bad} consecutive non-finite losses or '
+                        f'gradients with the {args.flow} flow (length {args.length}); {kept}. '
+                        f'Lower --lr (now {args.lr:g}) or set --clip_grad (e.g. 100), then --resume')
+            bar.update(1)
+
+            if it % args.log_every == 0 or it == args.max_iter:
+                now = time.perf_counter()
+                mean_loss = (running / n_running).item() if n_running else math.nan   # nan: every step skipped
+                record = {'iter': it, 'loss': mean_loss, 'its_per_s': (it - it_last) / (now - t_last - t_other),
+                          'skipped': state['skipped']}
+                if not pre.binary:
+                    record['bpd'] = bits_per_dim(-mean_loss, dims)
+                state['history']['train'].append(record)
+                log_json(log_path, record)
+                bar.set_postfix(loss=f'{mean_loss:.2f}', skipped=state['skipped'])
+                running.zero_()
+                n_running, t_last, it_last, t_other = 0, now, it, 0.0
+            t_start = time.perf_counter()
+            if it % args.sample_every == 0 or it == args.max_iter:
+                save_pictures(model, pre, test[0], args, paths, prefix, it)
+                record = {'iter': it, **evaluate(model, pre, *test)}
+                state['history']['test'].append(record)
+                log_json(log_path, record)
+            if (it % args.ckpt_every == 0 or it == args.max_iter) and bad == 0:
+                checkpoint(it)   # not during a non-finite streak: keep the last good checkpoint on disk
+            t_other += time.perf_counter() - t_start
+        bar.close()
+        if stop.signum is not None:
+            checkpoint(it)
+            plotting.plot_curves(state['history'], os.path.join(paths['plots'], f'{prefix}_curves.png'), 'nats')
+            log_json(log_path, {'iter': it, 'interrupted': signal.Signals(stop.signum).name})
+            print(f'stopped by {signal.Signals(stop.signum).name} at iteration {it}; checkpoint saved. '
+                  f'Resume with: python {script} --resume {ckpt_path}', file=sys.stderr)
+            return stop.signum
+    state['iter'] = it
+    return None
+
+
+def main(parser, script, build_model, arch, check_script_args=None, argv=None):
+    """Parse flags, then train and evaluate; every expected failure is one line and an exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    try:
+        code = run(args, parser, argv, script, build_model, arch, check_script_args)
+    except (UsageError, data_utils.DataError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        code = 2
+    except Diverged as e:
+        print(f'error: {e}', file=sys.stderr)
+        code = 3
+    sys.exit(code)
+
+
+def run(args, parser, argv, script, build_model, arch, check_script_args):
+    ckpt = None
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, script)
+        merge_config(args, ckpt, explicit_flags(parser, argv), args.resume)
+    if args.dataset not in data_utils.DATASETS:
+        raise UsageError(f'unknown dataset {args.dataset!r}: choose from {", ".join(data_utils.DATASETS)}')
+    image_shape = data_utils.image_shape(args.dataset)
+    check_args(args, image_shape)
+    if check_script_args:
+        check_script_args(args, image_shape)
+    device = pick_device(args.device)
+    prefix = run_prefix(args, arch(args))
+    paths = prepare_out_dirs(args.out_dir)
+
+    torch.manual_seed(args.seed)
+    model = build_model(args, image_shape).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay))
+    state = {'iter': 0, 'skipped': 0, 'history': {'train': [], 'test': []}}
+    if ckpt:
+        try:
+            model.load_state_dict(ckpt['model'])
+            optimizer.load_state_dict(ckpt['optimizer'])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(f'{args.resume} does not match this model: {str(e).splitlines()[0]}') from None
+        for group in optimizer.param_groups:
+            group['lr'] = args.lr
+        state.update(iter=ckpt['iter'], skipped=ckpt.get('skipped', 0),
+                     history=ckpt.get('history', state['history']))
+
+    train_images, train_labels = data_utils.load_split(args.dataset, args.data_dir, train=True)
+    test_images, test_labels = data_utils.load_split(args.dataset, args.data_dir, train=False)
+    if data_utils.is_binary(args.dataset) and args.binarize != 'none':
+        test_images = data_utils.static_binarize(test_images, TEST_BINARIZATION_SEED)
+        if args.binarize == 'static':
+            train_images = data_utils.static_binarize(train_images, args.seed)
+    pre = data_utils.Preprocessor(args.dataset, binarize=args.binarize, flip=args.flip)
+    if args.batch_size > len(train_images):
+        raise UsageError(f'--batch_size {args.batch_size} is larger than the {len(train_images)} training images '
+                         f'of {args.dataset} under {args.data_dir}')
+    batches = data_utils.Batches(train_images, train_labels, args.batch_size, device, args.seed)
+    test = (test_images.to(device), test_labels.to(device))
+    if ckpt:
+        batches.load_state_dict(ckpt['batches'])
+        torch.set_rng_state(ckpt['rng']['cpu'])
+        if ckpt['rng']['cuda'] and device.type == 'cuda':
+            torch.cuda.set_rng_state_all(ckpt['rng']['cuda'])
+
+    if not args.eval_only:
+        signum = train(args, model, optimizer, batches, pre, test, state, paths, prefix, script)
+        if signum is not None:
+            return 128 + signum
+    finish(args, model, pre, test, state, paths, prefix)
+    return 0
+
+
+def finish(args, model, pre, test, state, paths, prefix):
+    """Final test-set evaluation, latent plot and curves; the table is printed and logged."""
+    metrics = evaluate(model, pre, *test, iw_samples=args.iw_samples)
+    record = {'iter': state['iter'], 'final': True, 'skipped': state['skipped'], **metrics}
+    log_json(os.path.join(paths['logs'], f'{prefix}.jsonl'), record)
+    unit = 'nats' if pre.binary else 'bits/dim'
+    plotting.plot_curves(state['history'], os.path.join(paths['plots'], f'{prefix}_curves.png'), 'nats')
+    if args.latent_dim == 2:
+        save_latent_plot(model, pre, *test, os.path.join(paths['plots'], f'{prefix}_latent.png'), prefix)
+    print(f'\ntest set ({test[0].shape[0]} images), iteration {state["iter"]}, {prefix}')
+    print(f'  {"ELBO":<28}{metrics["test_elbo"]:>12.3f} nats')
+    print(f'  {"log p(x), IW K=" + str(args.iw_samples):<28}{metrics["test_log_px_iw"]:>12.3f} nats')
+    if unit == 'bits/dim':
+        print(f'  {"-ELBO":<28}{metrics["test_bpd_elbo"]:>12.4f} bits/dim')
+        print(f'  {"-log p(x), IW":<28}{metrics["test_bpd_log_px_iw"]:>12.4f} bits/dim')
+    if args.binarize == 'none' and pre.binary:
+        print('  (--binarize none: BCE on grey levels, not a normalized likelihood)')
