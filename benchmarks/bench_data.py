@@ -106,7 +106,7 @@ def main(args):
             slow = baseline(dataset, pre, args.batch_size, device, args.baseline_batches)
             rows.append((name, source, len(images), fast, slow))
             print(f'  {name}: done', flush=True)
-    print(f'\n| dataset | data | N train | ours (batches/s) | DataLoader, 2 workers (batches/s) | ratio |')
+    print('\n| dataset | data | N train | ours (batches/s) | DataLoader, 2 workers (batches/s) | ratio |')
     print('|---|---|---:|---:|---:|---:|')
     for name, source, n, fast, slow in rows:
         print(f'| {name} | {source} | {n} | {fast:,.0f} | {slow:,.1f} | {fast / slow:,.0f}x |')

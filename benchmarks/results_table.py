@@ -14,7 +14,7 @@ def final_record(path):
 
 
 def main(folder):
-    print(f'| run | iterations | skipped steps | test ELBO | test log p(x), IW (K) |')
+    print('| run | iterations | skipped steps | test ELBO | test log p(x), IW (K) |')
     print('|---|---:|---:|---:|---:|')
     for name in sorted(os.listdir(folder)):
         record = final_record(os.path.join(folder, name))

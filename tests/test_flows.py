@@ -1,0 +1,327 @@
+"""Every flow's log-determinant against autograd, every inverse by a round trip, and the guards."""
+import copy
+
+import pytest
+import torch
+from torch.autograd.functional import jacobian
+
+from flows import (FLOWS, FlowSequence, HouseholderFlow, NiceFlow, NiceScaling, PlanarFlow, RadialFlow,
+                   build_flow)
+
+KINDS = list(FLOWS)
+CONTEXT_DIM = 6
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def perturb(module, scale=0.5, seed=0):
+    """Add noise to every parameter, so that no identity initialization makes a test trivial."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return module
+
+
+def inputs(dim, amortized, batch=4, scale=1.0, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    z = scale * torch.randn(batch, dim, generator=gen)
+    context = torch.randn(batch, CONTEXT_DIM, generator=gen) if amortized else None
+    return z, context
+
+
+def assert_finite(tensor, shape):
+    assert tensor.shape == shape
+    assert torch.isfinite(tensor).all()
+
+
+def autograd_log_det(flow, z, context):
+    """log|det J| of each example's Jacobian, by autograd (float64)."""
+    out = []
+    for i in range(z.shape[0]):
+        ctx = None if context is None else context[i:i + 1]
+        J = jacobian(lambda x: flow(x[None], ctx)[0][0], z[i])
+        out.append(torch.linalg.slogdet(J).logabsdet)
+    return torch.stack(out)
+
+
+def dims_for(kind):
+    return [2, 3, 5, 40] if kind == 'nice' else [2, 5, 40]
+
+
+CASES = [(kind, dim, amortized) for kind in KINDS for dim in dims_for(kind) for amortized in (False, True)]
+
+
+@pytest.mark.parametrize('kind,dim,amortized', CASES)
+def test_log_det_matches_autograd(kind, dim, amortized):
+    flow = perturb(build_flow(kind, dim, 3, CONTEXT_DIM if amortized else None))
+    z, context = inputs(dim, amortized)
+    z_k, log_det = flow(z, context)
+    assert_finite(z_k, (4, dim))
+    assert_finite(log_det, (4,))
+    torch.testing.assert_close(log_det, autograd_log_det(flow, z, context), atol=1e-6, rtol=0)
+    if kind in ('planar', 'radial'):
+        assert log_det.abs().max() > 1e-3  # a non-trivial map was tested
+
+
+STEPS = [PlanarFlow, RadialFlow, HouseholderFlow, NiceFlow, NiceScaling]
+
+
+@pytest.mark.parametrize('step_class', STEPS)
+@pytest.mark.parametrize('amortized', [False, True])
+def test_each_step_log_det_matches_autograd(step_class, amortized):
+    step = perturb(step_class(5, CONTEXT_DIM if amortized else None))
+    z, context = inputs(5, amortized)
+    z_k, log_det = step(z, context)
+    assert_finite(log_det, (4,))
+    torch.testing.assert_close(log_det, autograd_log_det(step, z, context), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('kind', ['householder', 'nice'])
+@pytest.mark.parametrize('dim', [2, 3, 40])
+@pytest.mark.parametrize('amortized', [False, True])
+def test_inverse_round_trips(kind, dim, amortized):
+    flow = perturb(build_flow(kind, dim, 5, CONTEXT_DIM if amortized else None))
+    z, context = inputs(dim, amortized)
+    z_k, log_det = flow(z, context)
+    z_back, log_det_inv = flow.inverse(z_k, context)
+    # float64; the random coupling nets shift by O(100), so allow their rounding
+    torch.testing.assert_close(z_back, z, atol=1e-5, rtol=0)
+    torch.testing.assert_close(log_det_inv, -log_det)
+    z_inv, log_det_inv = flow.inverse(z, context)
+    z_fwd, log_det_fwd = flow(z_inv, context)
+    torch.testing.assert_close(z_fwd, z, atol=1e-5, rtol=0)
+    torch.testing.assert_close(log_det_fwd, -log_det_inv)
+    assert not torch.allclose(z_k, z)  # the flow did something
+
+
+@pytest.mark.parametrize('kind', ['planar', 'radial'])
+def test_no_closed_form_inverse_says_so(kind):
+    flow = build_flow(kind, 3, 2)
+    with pytest.raises(NotImplementedError, match='no closed-form inverse'):
+        flow.inverse(torch.randn(2, 3))
+
+
+@pytest.mark.parametrize('amortized', [False, True])
+def test_planar_stays_invertible_when_wu_is_very_negative(amortized):
+    dim = 4
+    step = PlanarFlow(dim, CONTEXT_DIM if amortized else None)
+    w = torch.tensor([1.0, 0.5, -0.3, 0.2])
+    u = -50 * w / w.dot(w)                                            # w^T u = -50
+    theta = torch.cat([u, w, torch.tensor([0.3])])
+    with torch.no_grad():
+        if amortized:
+            step.to_theta.weight.zero_()
+            step.to_theta.bias.copy_(theta)
+        else:
+            step.theta.copy_(theta)
+    z, context = inputs(dim, amortized, batch=64, scale=3.0)
+    _, log_det = step(z, context)
+    assert torch.isfinite(log_det).all()
+    dets = torch.stack([torch.linalg.det(jacobian(lambda x: step(x[None], None if context is None
+                                                                 else context[i:i + 1])[0][0], z[i]))
+                        for i in range(len(z))])
+    assert (dets > 0).all()
+    # along a line in the w direction the projection w^T f(z) is strictly increasing: injective
+    t = torch.linspace(-10, 10, 2001)
+    line = t[:, None] * w / w.norm()
+    ctx = None if context is None else context[:1].expand(len(t), -1)
+    projection = step(line, ctx)[0] @ w
+    assert (projection.diff() > 0).all()
+
+
+@pytest.mark.parametrize('beta_hat', [-1e3, -50.0, 50.0, 1e3])
+@pytest.mark.parametrize('amortized', [False, True])
+def test_radial_with_extreme_beta_is_finite_and_orientation_preserving(beta_hat, amortized):
+    dim = 3
+    step = perturb(RadialFlow(dim, CONTEXT_DIM if amortized else None), scale=0.2)
+    with torch.no_grad():
+        if amortized:
+            step.to_theta.weight[-1].zero_()
+            step.to_theta.bias[-1] = beta_hat
+        else:
+            step.theta[-1] = beta_hat
+    z, context = inputs(dim, amortized, batch=16, scale=3.0)
+    z_k, log_det = step(z, context)
+    assert_finite(z_k, (16, dim))
+    assert_finite(log_det, (16,))
+    for i in range(4):
+        J = jacobian(lambda x: step(x[None], None if context is None else context[i:i + 1])[0][0], z[i])
+        assert torch.linalg.det(J) > 0
+    torch.testing.assert_close(log_det[:4], autograd_log_det(step, z[:4], None if context is None else context[:4]),
+                               atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('beta_hat', [-1e3, -50.0])
+def test_radial_log_det_float32_near_its_centre(beta_hat):
+    """β = −α contracts z0's neighbourhood: 1 + βh = r/(α + r) must not round to 0 in float32."""
+    dim = 3
+    step = RadialFlow(dim).float()
+    with torch.no_grad():
+        step.theta.copy_(torch.tensor([0.0, 0.0, 0.0, 0.5, beta_hat]))   # z0 = 0: z − z0 is exact
+    direction = torch.nn.functional.normalize(torch.randn(5, dim), dim=-1)
+    z = (torch.logspace(-9, -1, 5)[:, None] * direction).float()       # r = 1e-9 .. 0.1
+    log_det = step(z)[1]
+    assert_finite(log_det, (5,))
+    expected = copy.deepcopy(step).double()(z.double())[1]
+    torch.testing.assert_close(log_det.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('amortized', [False, True])
+def test_gradients_finite_with_large_parameters_and_inputs(kind, amortized, dtype):
+    flow = perturb(build_flow(kind, 5, 4, CONTEXT_DIM if amortized else None)).to(dtype)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.mul_(10)
+    z, context = inputs(5, amortized, scale=10.0)
+    z = z.to(dtype).requires_grad_(True)
+    context = None if context is None else context.to(dtype)
+    z_k, log_det = flow(z, context)
+    assert_finite(z_k, (4, 5))
+    assert_finite(log_det, (4,))
+    (log_det.sum() + z_k.sum()).backward()
+    assert torch.isfinite(z.grad).all()
+    for name, p in flow.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+@pytest.mark.parametrize('amortized', [False, True])
+def test_householder_preserves_norms(amortized):
+    flow = perturb(build_flow('householder', 7, 4, CONTEXT_DIM if amortized else None))
+    z, context = inputs(7, amortized)
+    z_k, log_det = flow(z, context)
+    torch.testing.assert_close(z_k.norm(dim=-1), z.norm(dim=-1))
+    assert (log_det == 0).all()
+
+
+@pytest.mark.parametrize('dim', [2, 5])
+@pytest.mark.parametrize('amortized', [False, True])
+def test_nice_couplings_preserve_volume(dim, amortized):
+    couplings = FlowSequence([perturb(NiceFlow(dim, CONTEXT_DIM if amortized else None, parity=k % 2), seed=k)
+                              for k in range(3)], 'nice', dim)
+    z, context = inputs(dim, amortized)
+    torch.testing.assert_close(autograd_log_det(couplings, z, context), torch.zeros(4), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize('dim', [2, 3, 5])
+def test_nice_updates_every_dimension(dim):
+    flow = perturb(build_flow('nice', dim, 3))
+    for step in flow.steps:
+        if isinstance(step, NiceScaling):
+            with torch.no_grad():
+                step.theta.zero_()                                    # isolate the couplings
+    z, _ = inputs(dim, False)
+    assert ((flow(z)[0] - z).abs() > 1e-6).all(dim=0).all()
+
+
+def test_none_and_length_zero_are_the_identity():
+    z = torch.randn(3, 4)
+    for flow in (build_flow('none', 4, 8), build_flow('planar', 4, 0), build_flow('none', 4, 8, CONTEXT_DIM)):
+        z_k, log_det = flow(z, torch.randn(3, CONTEXT_DIM))
+        assert torch.equal(z_k, z) and torch.equal(log_det, torch.zeros(3))
+        assert flow.kind == 'none' and flow.length == 0
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_composite_log_det_is_the_sum_of_its_steps(kind):
+    flow = perturb(build_flow(kind, 4, 3, CONTEXT_DIM))
+    z, context = inputs(4, True)
+    total, step_sum = flow(z, context)[1], torch.zeros(4)
+    for step in flow.steps:
+        z, log_det = step(z, context)
+        step_sum = step_sum + log_det
+    torch.testing.assert_close(total, step_sum)
+
+
+def test_nice_length_is_couplings_plus_scaling():
+    flow = build_flow('nice', 6, 4)
+    assert [type(s) for s in flow.steps] == [NiceFlow] * 3 + [NiceScaling]
+    assert [s.parity for s in flow.steps[:3]] == [0, 1, 0]
+
+
+def test_static_and_amortized_parameters():
+    static, amortized = build_flow('planar', 3, 2), build_flow('planar', 3, 2, CONTEXT_DIM)
+    assert not static.amortized and amortized.amortized
+    # amortized: different contexts give different maps of the same z
+    z = torch.randn(1, 3).expand(2, 3)
+    z_k, _ = perturb(amortized)(z, torch.randn(2, CONTEXT_DIM))
+    assert not torch.allclose(z_k[0], z_k[1])
+
+
+@pytest.mark.parametrize('call,message', [
+    (lambda: build_flow('glow', 2, 1), r"unknown flow kind 'glow': choose from none, planar, radial, householder, nice"),
+    (lambda: build_flow('planar', 2, -1), r'length must be >= 0, got length=-1'),
+    (lambda: build_flow('planar', 0, 1), r'dim must be >= 1, got dim=0'),
+    (lambda: build_flow('nice', 1, 2), r'NICE flow needs dim >= 2.*got dim=1'),
+    (lambda: build_flow('planar', 2, 1, 0), r'context_dim must be None \(static\) or >= 1'),
+])
+def test_bad_arguments_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_amortized_flow_checks_its_context(kind):
+    flow = build_flow(kind, 4, 2, CONTEXT_DIM)
+    z = torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r'needs a context of shape \(3, 6\), got None'):
+        flow(z)
+    with pytest.raises(ValueError, match=r'context must have shape \(3, 6\), got \(3, 5\)'):
+        flow(z, torch.randn(3, 5))
+    with pytest.raises(ValueError, match=r'context must have shape \(3, 6\), got \(2, 6\)'):
+        flow(z, torch.randn(2, 6))
+
+
+def test_planar_log_det_float32_where_the_map_nearly_folds():
+    """wᵀu = −50: det = h² + (1 − h²) softplus(wᵀu), tiny where h = tanh(wᵀz + b) ≈ 0; float32 must keep it."""
+    step = PlanarFlow(3).float()
+    w = torch.tensor([1.0, 0.0, 0.0])                                  # wᵀz = z_1 exactly in float32
+    with torch.no_grad():
+        step.theta.copy_(torch.cat([-50 * w + torch.tensor([0.0, 0.3, 0.2]), w, torch.zeros(1)]))
+    z = torch.randn(5, 3).float()
+    z[:, 0] = torch.logspace(-6, 0, 5)                                 # wᵀz + b = 1e-6 .. 1
+    log_det = step(z)[1]
+    assert_finite(log_det, (5,))
+    expected = copy.deepcopy(step).double()(z.double())[1]
+    torch.testing.assert_close(log_det.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_static_flow_ignores_a_context():
+    flow = perturb(build_flow('planar', 3, 2))
+    z = torch.randn(4, 3)
+    assert torch.equal(flow(z, torch.randn(4, CONTEXT_DIM))[0], flow(z)[0])
+
+
+@pytest.mark.parametrize('call,message', [
+    (lambda: NiceFlow(1), r'NICE coupling needs dim >= 2.*got dim=1'),
+    (lambda: NiceFlow(4, parity=2), r'parity must be 0 or 1, got parity=2'),
+    (lambda: PlanarFlow(0), r'dim must be >= 1, got dim=0'),
+    (lambda: HouseholderFlow(0, CONTEXT_DIM), r'dim must be >= 1, got dim=0'),
+])
+def test_bad_step_arguments_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize('wu', [-5.0, -1.0, 0.0, 2.0])
+def test_planar_constraint_gives_the_papers_det(wu):
+    """Where w^T z + b = 0, tanh' = 1 and det = 1 + w^T û = softplus(w^T u) (appendix A.1)."""
+    dim = 3
+    step = PlanarFlow(dim)
+    w = torch.tensor([0.6, -0.8, 0.5])
+    u = wu * w / w.dot(w) + torch.tensor([0.8, 0.6, 0.0])             # w^T u = wu, plus an orthogonal part
+    b = torch.tensor([0.4])
+    with torch.no_grad():
+        step.theta.copy_(torch.cat([u, w, b]))
+    z = torch.randn(5, dim)
+    z = z - ((z @ w + b) / w.dot(w))[:, None] * w                     # project onto w^T z + b = 0
+    _, log_det = step(z)
+    torch.testing.assert_close(log_det, torch.nn.functional.softplus(torch.tensor(wu)).log().expand(5))
