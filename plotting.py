@@ -38,7 +38,7 @@ def plot_latents(z0, z_k, labels, path, title):
         ax.set(title=name, xlim=(-lim, lim), ylim=(-lim, lim), aspect='equal')
     fig.colorbar(points, ax=axes, ticks=range(10), shrink=0.8, label='label')
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches='tight')
     plt.close(fig)
 
 
