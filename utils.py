@@ -173,16 +173,17 @@ def save_checkpoint(state, path):
     A process killed at any moment leaves the previous or the new checkpoint, never half of one.
     Returns False (and keeps the previous checkpoint) when the write fails, e.g. on a full disk.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pt', dir=folder)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pt', dir=os.path.dirname(os.path.abspath(path)))
         with os.fdopen(fd, 'wb') as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        os.unlink(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
         print(f'warning: could not save checkpoint {path} ({e.strerror}); kept the previous one',
               file=sys.stderr)
         return False

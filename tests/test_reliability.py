@@ -647,3 +647,12 @@ def test_stress_every_flow_trains_2000_iterations_at_a_high_learning_rate(data_r
     table += [f'{name:<24}{skipped:>8}{loss:>12}{elbo:>11}{sec:>6.1f}' for name, skipped, loss, elbo, sec in rows]
     print('\n' + '\n'.join(table + failed) + f'\ntotal {time.perf_counter() - t0:.1f} s')
     assert not failed, failed
+
+
+def test_a_checkpoint_folder_that_vanished_is_a_warning_not_a_traceback(tmp_path, capsys):
+    """Even the temporary file cannot be created: the save reports it and training can go on."""
+    path = str(tmp_path / 'gone' / 'run.pt')
+    assert utils.save_checkpoint({'iter': 1}, path) is False
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and f'could not save checkpoint {path}' in err
+    assert not os.path.exists(tmp_path / 'gone')
