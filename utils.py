@@ -89,7 +89,8 @@ def base_parser(description, latent_dim, max_iter):
     p.add_argument('--resume', default=None, metavar='PATH', help='continue from this checkpoint')
     p.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
     p.add_argument('--iw_samples', type=int, default=1000,
-                   help='K, importance samples per test image for the log-likelihood estimate')
+                   help='K, importance samples per test image for the log-likelihood estimate '
+                        '(0: skip it, e.g. to train on one device and --eval_only on another)')
     return p
 
 
@@ -124,7 +125,7 @@ def check_args(args, image_shape):
     """Refuse flag values that cannot work together, before any data is touched."""
     for flag in ('batch_size', 'latent_dim', 'max_iter', 'sample_size', 'log_every',
                  'sample_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'length', 'warmup'):
-        low = 0 if flag in ('max_iter', 'length', 'warmup') else 1
+        low = 0 if flag in ('max_iter', 'length', 'warmup', 'iw_samples') else 1
         if getattr(args, flag) < low:
             raise UsageError(f'--{flag} {getattr(args, flag)} is invalid: it must be >= {low}')
     if args.flow != 'none' and args.length == 0:
@@ -505,9 +506,11 @@ def finish(args, model, pre, test, state, paths, prefix):
         save_latent_plot(model, pre, *test, os.path.join(paths['plots'], f'{prefix}_latent.png'), prefix)
     print(f'\ntest set ({test[0].shape[0]} images), iteration {state["iter"]}, {prefix}')
     print(f'  {"ELBO":<28}{metrics["test_elbo"]:>12.3f} nats')
-    print(f'  {"log p(x), IW K=" + str(args.iw_samples):<28}{metrics["test_log_px_iw"]:>12.3f} nats')
+    if args.iw_samples:
+        print(f'  {"log p(x), IW K=" + str(args.iw_samples):<28}{metrics["test_log_px_iw"]:>12.3f} nats')
     if unit == 'bits/dim':
         print(f'  {"-ELBO":<28}{metrics["test_bpd_elbo"]:>12.4f} bits/dim')
-        print(f'  {"-log p(x), IW":<28}{metrics["test_bpd_log_px_iw"]:>12.4f} bits/dim')
+        if args.iw_samples:
+            print(f'  {"-log p(x), IW":<28}{metrics["test_bpd_log_px_iw"]:>12.4f} bits/dim')
     if args.binarize == 'none' and pre.binary:
         print('  (--binarize none: BCE on grey levels, not a normalized likelihood)')

@@ -402,7 +402,7 @@ BAD_FLAGS = [   # (script, flags, what the one line must say); {file} is a regul
     (STATIC, ['--flow', 'planar', '--length', '-3'], ['--length -3']),
     (STATIC, ['--max_iter', '-1'], ['--max_iter -1']),
     (STATIC, ['--warmup', '-5'], ['--warmup -5']),
-    (STATIC, ['--iw_samples', '0'], ['--iw_samples 0']),
+    (STATIC, ['--iw_samples', '-1'], ['--iw_samples -1']),
     (STATIC, ['--sample_size', '0'], ['--sample_size 0']),
     (STATIC, ['--log_every', '0'], ['--log_every 0']),
     (STATIC, ['--ckpt_every', '-1'], ['--ckpt_every -1']),

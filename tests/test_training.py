@@ -1,4 +1,5 @@
 """The three scripts end to end on tiny synthetic data: outputs, metrics, resume."""
+import math
 import os
 
 import pytest
@@ -114,3 +115,18 @@ def test_eval_only_reproduces_the_final_metrics(data_root, tmp_path):
     _, records = read_log(out)
     for key in ('test_elbo', 'test_log_px_iw'):
         assert records[-1][key] == pytest.approx(first[-1][key], abs=1e-9)
+
+
+def test_iw_samples_0_skips_the_estimate_and_eval_only_adds_it(data_root, tmp_path):
+    """Train with --iw_samples 0 (no IW pass), then --eval_only --iw_samples K gives the estimate."""
+    out = str(tmp_path)
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--data_dir', data_root,
+             '--out_dir', out]
+    assert run_script('static_flow_vae.py', [*flags, '--iw_samples', '0']) == 0
+    prefix, records = read_log(out)
+    assert records[-1]['final'] and 'test_log_px_iw' not in records[-1]
+    resume = os.path.join(out, 'checkpoints', f'{prefix}.pt')
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--eval_only', '--iw_samples', '4']) == 0
+    _, records = read_log(out)
+    assert records[-1]['iw_samples'] == 4
+    assert math.isfinite(records[-1]['test_log_px_iw'])

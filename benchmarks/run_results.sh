@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Rerun the README's results from scratch on real data and print their tables.
+#
+#   bash benchmarks/run_results.sh [SECTION ...]     (default: latent2 seed2 mnist40 fashion)
+#
+#   latent2  MNIST, --latent_dim 2, 10,000 iterations, flows of length 16, static and amortized; K = 1000
+#   seed2    the same static runs with --objective seed (the original repo's objective); K = 1000
+#   mnist40  MNIST, --latent_dim 40 --layer 2 --hidden_dim 400, length 16, static and amortized,
+#            ITERS iterations with KL warm-up over the first fifth; K = 5000
+#   fashion  Fashion-MNIST in bits/dim, the mnist40 MLP and the conv VAE (its defaults), none and
+#            planar; K = 1000 (MLP) and K_CONV (conv)
+#
+# Environment [default]: OUT [results] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...};
+# ITERS [10000]; K_CONV [250]; JOBS [number of CPUs] runs at once, one CPU thread each;
+# TRAIN_DEVICE [auto] trains the MLP runs, CONV_DEVICE [auto] the conv runs, EVAL_DEVICE [auto]
+# evaluates. Each run trains with --iw_samples 0; its checkpoint is then evaluated with --eval_only
+# and K samples, so a GPU can evaluate while the CPUs train. A run stopped by SIGTERM is evaluated
+# at the iteration it reached, which the table shows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results}
+ITERS=${ITERS:-10000}
+K_CONV=${K_CONV:-250}
+JOBS=${JOBS:-$(nproc)}
+TRAIN_DEVICE=${TRAIN_DEVICE:-auto}
+CONV_DEVICE=${CONV_DEVICE:-auto}
+EVAL_DEVICE=${EVAL_DEVICE:-auto}
+sections=("$@")
+((${#sections[@]})) || sections=(latent2 seed2 mnist40 fashion)
+
+# one run: SECTION NAME SCRIPT DEVICE K FLAG... -> OUT/SECTION/NAME
+run() {
+  local section=$1 name=$2 script=$3 device=$4 k=$5
+  shift 5
+  local dir="$OUT/$section/$name" code=0
+  mkdir -p "$dir"
+  OMP_NUM_THREADS=1 python "$script" "$@" --device "$device" --iw_samples 0 --out_dir "$dir" \
+    > "$dir/train.out" 2>&1 || code=$?
+  if [[ $code -ne 0 && $code -ne 143 ]]; then   # 143: stopped by SIGTERM, checkpoint saved
+    echo "$section/$name: training failed (exit $code): $(tail -n 1 "$dir/train.out")" >&2
+    return 0
+  fi
+  OMP_NUM_THREADS=1 python "$script" --resume "$dir"/checkpoints/*.pt --eval_only --device "$EVAL_DEVICE" \
+    --iw_samples "$k" > "$dir/eval.out" 2>&1 \
+    || echo "$section/$name: evaluation failed: $(tail -n 1 "$dir/eval.out")" >&2
+  echo "$section/$name: done" >&2
+}
+
+running=0
+launch() {   # run in the background, at most JOBS at once
+  run "$@" &
+  running=$((running + 1))
+  if ((running >= JOBS)); then
+    wait -n || true
+    running=$((running - 1))
+  fi
+}
+
+flows=(none planar radial householder nice)
+mlp40=(--latent_dim 40 --layer 2 --hidden_dim 400 --length 16 --max_iter "$ITERS" --warmup $((ITERS / 5)))
+for section in "${sections[@]}"; do
+  case $section in
+    latent2)
+      for flow in "${flows[@]}"; do
+        launch latent2 "mlp_static_$flow" static_flow_vae.py "$TRAIN_DEVICE" 1000 \
+          --latent_dim 2 --max_iter 10000 --length 16 --flow "$flow"
+        [[ $flow == none ]] && continue   # with no flow, dynamic_flow_vae.py is the same model
+        launch latent2 "mlp_amortized_$flow" dynamic_flow_vae.py "$TRAIN_DEVICE" 1000 \
+          --latent_dim 2 --max_iter 10000 --length 16 --flow "$flow"
+      done ;;
+    seed2)
+      for flow in "${flows[@]}"; do
+        launch seed2 "mlp_static_$flow" static_flow_vae.py "$TRAIN_DEVICE" 1000 \
+          --latent_dim 2 --max_iter 10000 --length 16 --flow "$flow" --objective seed
+      done ;;
+    mnist40)
+      for flow in "${flows[@]}"; do
+        launch mnist40 "mlp_static_$flow" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${mlp40[@]}" --flow "$flow"
+        [[ $flow == none ]] && continue
+        launch mnist40 "mlp_amortized_$flow" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${mlp40[@]}" --flow "$flow"
+      done ;;
+    fashion)
+      for flow in none planar; do
+        launch fashion "conv_static_$flow" static_flow_conv_vae.py "$CONV_DEVICE" "$K_CONV" --dataset fashion-mnist \
+          --length 16 --max_iter "$ITERS" --warmup $((ITERS / 5)) --flow "$flow"
+        launch fashion "mlp_static_$flow" static_flow_vae.py "$TRAIN_DEVICE" 1000 --dataset fashion-mnist \
+          "${mlp40[@]}" --flow "$flow"
+      done ;;
+    *) echo "unknown section $section: choose from latent2 seed2 mnist40 fashion" >&2; exit 2 ;;
+  esac
+done
+wait
+for section in "${sections[@]}"; do
+  python benchmarks/results_table.py "$OUT/$section"
+done
