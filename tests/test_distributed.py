@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import data_utils
@@ -36,7 +37,7 @@ from synthetic_data import write_dataset
 TORCHRUN = shutil.which('torchrun', path=os.path.dirname(sys.executable)) or shutil.which('torchrun')
 ENV = {**{k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'FLOW_VAE_DATA')},
        'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
-CONV = ['--base_dim', '2', '--scale', '1', '--latent_dim', '2', '--flow', 'planar', '--length', '2',
+CONV_FLAGS = ['--base_dim', '2', '--scale', '1', '--latent_dim', '2', '--flow', 'planar', '--length', '2',
         '--batch_size', '8', '--iw_samples', '3', '--sample_size', '4', '--log_every', '2', '--sample_every', '2',
         '--ckpt_every', '2', '--device', 'cpu']
 
@@ -120,58 +121,72 @@ def test_ranks_shards_make_up_the_single_process_batch_and_resume_at_any_world_s
 # ---- one optimizer step ----------------------------------------------------------------------------
 
 NOISE = torch.randn(28 * 28, 2, generator=torch.Generator().manual_seed(0))
-STEP_CONFIGS = {   # static_flow_vae.py's model, static and amortized flows
-    'static planar': dict(flow='planar', amortized=False),
-    'amortized nice': dict(flow='nice', amortized=True),
-}
 STEPS, BATCH = 5, 16   # 40 images: 2 batches per epoch, so the steps cross two epochs
-
-
-def step_args(flow, amortized):
-    return SimpleNamespace(dataset='mnist', latent_dim=2, hidden_dim=16, layer=1, gate=0, flow=flow, length=2,
-                           amortized=amortized, lr=1e-2, momentum=0.9, decay=0.999, objective='elbo', warmup=3,
-                           clip_grad=0.0)
+TRAINING = dict(dataset='mnist', latent_dim=2, length=2, lr=1e-2, momentum=0.9, decay=0.999, objective='elbo',
+                warmup=3, clip_grad=0.0)
+MLP_STEPS = {   # static_flow_vae.py's model, static and amortized flows
+    'static planar': (static_flow_vae.build_model, dict(hidden_dim=16, layer=1, gate=0, flow='planar', amortized=False)),
+    'amortized nice': (static_flow_vae.build_model, dict(hidden_dim=16, layer=1, gate=0, flow='nice', amortized=True)),
+}
+CONV = dict(base_dim=4, scale=1, res_blocks=1, bottleneck=0, weight_norm=1, flow='planar')
+CONV_STEPS = {   # the conv VAE's batch norm: global statistics with --sync_bn, each rank's own without
+    'sync_bn': (static_flow_conv_vae.build_model, dict(CONV, sync_bn=1)),
+    'plain batch norm': (static_flow_conv_vae.build_model, dict(CONV, sync_bn=0)),
+}
 
 
 def fixed_noise_forward(self, x, eps=None):
     """FlowVAE.forward with eps a fixed function of the example: the same on any rank, in any batch."""
-    return ORIGINAL_FORWARD(self, x, torch.cos(x.flatten(1) @ NOISE))
+    return ORIGINAL_FORWARD(self, x, torch.cos(x.flatten(1) @ NOISE.to(x.device)))
 
 
 ORIGINAL_FORWARD = vae.FlowVAE.forward
 
 
-def train_steps(data_root, rank=0, world=1):
+def train_steps(data_root, configs, rank=0, world=1, device='cpu'):
     """STEPS of utils.train_step through distributed.wrap on this rank's slices; per config: the loss,
-    whether it was applied, the gradients of every step, and the parameters at the end."""
+    whether it was applied, the gradients of every step, and the model's state at the end."""
     vae.FlowVAE.forward = fixed_noise_forward
     try:
         images, labels = data_utils.load_split('mnist', data_root, train=True, log=lambda *_: None)
         images = data_utils.static_binarize(images, 0)
         pre = data_utils.Preprocessor('mnist', binarize='static')
         results = {}
-        for name, config in STEP_CONFIGS.items():
-            args = step_args(**config)
+        for name, (build_model, config) in configs.items():
+            args = SimpleNamespace(**TRAINING, **config)
             torch.manual_seed(0)
-            model = static_flow_vae.build_model(args, (1, 28, 28))
+            model = build_model(args, (1, 28, 28)).to(device)
             optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay))
             params = list(model.parameters())
             net = distributed.wrap(model)
-            batches = data_utils.Batches(images, labels, BATCH, 'cpu', seed=0, rank=rank, world_size=world)
+            batches = data_utils.Batches(images, labels, BATCH, device, seed=0, rank=rank, world_size=world)
             steps = []
             for it in range(1, STEPS + 1):
                 x, log_det_pre = pre(next(batches)[0])
                 loss, applied = utils.train_step(model, optimizer, params, x, log_det_pre, args, it, net)
-                steps.append((float(loss), applied, [p.grad.clone() for p in params]))
-            results[name] = steps, {k: v.clone() for k, v in model.state_dict().items()}
+                steps.append((float(loss), applied, [p.grad.cpu() for p in params]))
+            results[name] = steps, {k: v.cpu() for k, v in model.state_dict().items()}
         return results
     finally:
         vae.FlowVAE.forward = ORIGINAL_FORWARD
 
 
+def assert_same_steps(single, ranks, name):
+    """The ranks' losses, gradients (every step) and final state are one process's, to float rounding."""
+    steps, state = single[name]
+    dist_steps, dist_state = ranks[name]
+    for it, ((loss, applied, grads), (d_loss, d_applied, d_grads)) in enumerate(zip(steps, dist_steps), 1):
+        assert applied and d_applied
+        assert d_loss == pytest.approx(loss, rel=1e-6), (name, it)
+        for g, d in zip(grads, d_grads):   # relative to the tensor's largest entry
+            torch.testing.assert_close(d, g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=f'{name}, step {it}')
+    for key, value in state.items():
+        torch.testing.assert_close(dist_state[key], value, rtol=1e-5, atol=1e-6, msg=f'{name} {key}')
+
+
 def _train_steps_worker(rank, world, data_root, out):
     distributed.setup(torch.device('cpu'))
-    torch.save(train_steps(data_root, rank, world), os.path.join(out, f'rank{rank}.pt'))
+    torch.save(train_steps(data_root, MLP_STEPS, rank, world), os.path.join(out, f'rank{rank}.pt'))
 
 
 def test_optimizer_steps_with_two_processes_equal_one_process_on_the_global_batch(data_root, tmp_path):
@@ -179,19 +194,31 @@ def test_optimizer_steps_with_two_processes_equal_one_process_on_the_global_batc
     which must be the gradient of the 16-example mean that one process computes (step after step)."""
     spawn(_train_steps_worker, data_root, str(tmp_path))
     with one_thread():
-        single = train_steps(data_root)
+        single = train_steps(data_root, MLP_STEPS)
     for rank in range(2):
         ranks = torch.load(tmp_path / f'rank{rank}.pt', weights_only=True)
-        for name, (steps, state) in single.items():
-            dist_steps, dist_state = ranks[name]
-            for it, ((loss, applied, grads), (d_loss, d_applied, d_grads)) in enumerate(zip(steps, dist_steps), 1):
-                assert applied and d_applied
-                assert d_loss == pytest.approx(loss, rel=1e-6), (name, it)
-                for g, d in zip(grads, d_grads):   # float rounding: relative to the tensor's largest entry
-                    torch.testing.assert_close(d, g, rtol=1e-4, atol=1e-5 * float(g.abs().max()),
-                                               msg=f'{name}, step {it}, rank {rank}')
-            for key, value in state.items():
-                torch.testing.assert_close(dist_state[key], value, rtol=1e-5, atol=1e-6, msg=f'{name} {key}')
+        for name in MLP_STEPS:
+            assert_same_steps(single, ranks, name)
+
+
+def _sync_bn_worker(rank, world, data_root, out):
+    dist.init_process_group('gloo')   # two ranks on one GPU: NCCL refuses that, Gloo takes CUDA tensors
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.save(train_steps(data_root, CONV_STEPS, rank, world, 'cuda'), os.path.join(out, f'rank{rank}.pt'))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch's SyncBatchNorm has no CPU kernel")
+def test_sync_bn_steps_with_two_processes_equal_one_process_on_the_global_batch(data_root, tmp_path):
+    """The conv VAE: with --sync_bn the batch-norm statistics are the global batch's, so two processes on
+    one GPU take one process's steps (gradients and running statistics); without it they do not."""
+    spawn(_sync_bn_worker, data_root, str(tmp_path))
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    single = train_steps(data_root, CONV_STEPS, device='cuda')
+    for rank in range(2):
+        ranks = torch.load(tmp_path / f'rank{rank}.pt', weights_only=True)
+        assert_same_steps(single, ranks, 'sync_bn')
+        with pytest.raises(AssertionError):
+            assert_same_steps(single, ranks, 'plain batch norm')
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
@@ -255,7 +282,7 @@ def torchrun(script, argv, nproc=2, timeout=180):
 def test_a_torchrun_run_writes_once_and_its_checkpoint_resumes_in_one_process_and_back(data_root, tmp_path):
     script = 'static_flow_conv_vae.py'
     out = str(tmp_path / 'run')
-    code, stdout, stderr = torchrun(script, [*CONV, '--dataset', 'svhn', '--max_iter', '4', '--data_dir', data_root,
+    code, stdout, stderr = torchrun(script, [*CONV_FLAGS, '--dataset', 'svhn', '--max_iter', '4', '--data_dir', data_root,
                                              '--out_dir', out])
     assert code == 0, stderr[-3000:]
     assert stdout.count('test set (30 images), iteration 4') == 1, stdout   # the final table, once
@@ -349,7 +376,7 @@ def test_sync_bn_is_plain_batch_norm_in_one_process(data_root, tmp_path):
     checkpoints of the two are interchangeable."""
     outs = {flag: str(tmp_path / f'sync{flag}') for flag in ('0', '1')}
     for flag, out in outs.items():
-        assert run_script('static_flow_conv_vae.py', [*CONV, '--max_iter', '2', '--sync_bn', flag,
+        assert run_script('static_flow_conv_vae.py', [*CONV_FLAGS, '--max_iter', '2', '--sync_bn', flag,
                                                       '--data_dir', data_root, '--out_dir', out]) == 0
     ckpts = [torch.load(os.path.join(out, 'checkpoints', os.listdir(os.path.join(out, 'checkpoints'))[0]),
                         weights_only=True) for out in outs.values()]
