@@ -60,7 +60,10 @@ def setup(device):
     elif device.type != 'cpu':
         raise ValueError(f'--device {device.type} cannot run under torchrun (no process-group backend for it): '
                          'use --device cpu or cuda')
-    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    if device.type == 'cuda':
+        dist.init_process_group('nccl', device_id=device)
+    else:
+        dist.init_process_group('gloo')
     _device = device
     return device
 
