@@ -617,13 +617,23 @@ class Preprocessor:
 
 class Batches:
     """Endless in-memory minibatches on `device`: a new random permutation each epoch (torch.Generator on the
-    CPU, seeded), the last partial batch dropped. state_dict() resumes the exact order."""
+    CPU, seeded), the last partial batch dropped. state_dict() resumes the exact order.
 
-    def __init__(self, images, labels, batch_size, device, seed):
+    Data-parallel (world_size > 1): batch_size is the global batch. Every rank draws the same permutation and
+    returns its contiguous slice `rank` (batch_size // world_size examples) of each global batch, so the
+    ranks' slices of a step are together the single-process batch and every example is seen once per epoch.
+    The state is the same on every rank and the same as a single process's: it resumes at any world size."""
+
+    def __init__(self, images, labels, batch_size, device, seed, rank=0, world_size=1):
         if len(images) != len(labels):
             raise ValueError(f'{len(images)} images but {len(labels)} labels')
         if not 0 < batch_size <= len(images):
             raise ValueError(f'batch_size {batch_size} must be in 1..{len(images)} (the number of images)')
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f'batch_size {batch_size} must be a multiple of world_size {world_size}, '
+                             f'rank {rank} in 0..{world_size - 1}')
+        local = batch_size // world_size
+        self.shard = slice(rank * local, (rank + 1) * local)  # this rank's part of each global batch
         self.images = images.to(device)  # uint8, moved once
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -648,7 +658,7 @@ class Batches:
             self._perm_dev = None
         if self._perm_dev is None:
             self._perm_dev = self.perm.to(self.device)
-        idx = self._perm_dev[self.pos:self.pos + self.batch_size]
+        idx = self._perm_dev[self.pos:self.pos + self.batch_size][self.shard]
         self.pos += self.batch_size
         # index_select, not images[idx]: ~15x faster on the CPU
         return self.images.index_select(0, idx), self.labels.index_select(0, idx)

@@ -4,12 +4,18 @@ Encoder and decoder are stacks of pre-activation residual blocks (He et al. 2016
 scale, with weight normalization (Salimans & Kingma 2016) and an L2 penalty on its scales.
 
     python static_flow_conv_vae.py --dataset fashion-mnist --flow planar --length 16
+    torchrun --standalone --nproc_per_node 4 static_flow_conv_vae.py --dataset cifar10 --sync_bn
+
+Under torchrun each process normalizes with the statistics of its own slice of the batch unless
+--sync_bn (SyncBatchNorm, CUDA only) computes them over the global batch.
 """
 import math
 
+import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import weight_norm
 
+import distributed
 import utils
 from data_utils import is_binary
 from flows import build_flow
@@ -94,6 +100,9 @@ def check_conv_args(args, image_shape):
                                f'use 1 to {MAX_SCALE[side]}')
     if args.base_dim < 1 or args.res_blocks < 0:
         raise utils.UsageError('--base_dim must be >= 1 and --res_blocks >= 0')
+    if args.sync_bn and distributed.requested() and not (args.device in ('auto', 'cuda') and torch.cuda.is_available()):
+        raise utils.UsageError('--sync_bn needs CUDA GPUs (torch has no SyncBatchNorm on the CPU): '
+                               'use --sync_bn 0 on the CPU, where each process normalizes its own slice')
 
 
 def conv_arch(args):
@@ -103,8 +112,11 @@ def conv_arch(args):
 
 def build_model(args, image_shape):
     likelihood = 'bernoulli' if is_binary(args.dataset) else 'gaussian'
-    return ConvFlowVAE(image_shape, likelihood, args.latent_dim, args.base_dim, args.scale, args.res_blocks,
-                       args.bottleneck, args.weight_norm, args.flow, args.length)
+    model = ConvFlowVAE(image_shape, likelihood, args.latent_dim, args.base_dim, args.scale, args.res_blocks,
+                        args.bottleneck, args.weight_norm, args.flow, args.length)
+    if getattr(args, 'sync_bn', 0):   # the same parameters and state_dict keys: checkpoints load either way
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
 
 
 if __name__ == '__main__':
@@ -115,4 +127,7 @@ if __name__ == '__main__':
     parser.add_argument('--res_blocks', type=int, default=1, help='residual blocks per scale')
     parser.add_argument('--bottleneck', type=int, default=0, choices=(0, 1), help='1: 1x1-3x3-1x1 blocks')
     parser.add_argument('--weight_norm', type=int, default=1, choices=(0, 1), help='weight-normalize every layer')
+    parser.add_argument('--sync_bn', type=int, nargs='?', const=1, default=0, choices=(0, 1),
+                        help='1 (or the bare flag): under torchrun, batch-norm statistics over the global batch '
+                             '(SyncBatchNorm, CUDA only); no effect in a single process')
     utils.main(parser, 'static_flow_conv_vae.py', build_model, conv_arch, check_conv_args)

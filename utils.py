@@ -1,6 +1,8 @@
 """What the three training scripts share: flags, output names, checkpoints, the loop, evaluation.
 
 A script defines its model and its own flags, then calls `main(parser, SCRIPT, build_model, ...)`.
+Under torchrun the same loop runs data-parallel (distributed.py): --batch_size is the global batch,
+evaluation is split over the ranks, and only rank 0 writes files.
 Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (non-finite steps),
 128 + signal number when stopped by SIGINT/SIGTERM after saving a resumable checkpoint.
 """
@@ -19,17 +21,19 @@ import torch
 from tqdm import tqdm
 
 import data_utils
+import distributed
 import plotting
 from flows import FLOW_KINDS
 from vae import OBJECTIVES, elbo, iw_log_likelihood, training_loss
 
 TEST_BINARIZATION_SEED = 0   # the binarized MNIST test set is drawn once, the same for every run
 EVAL_SEED = 1234             # noise of test-time evaluation (reparameterization, dequantization)
+EVAL_BATCH = 500             # test images per ELBO batch
 IW_BATCH = 100               # test images per importance-weighted batch (their K samples are chunked)
 # flags that may change when a run is resumed; every other flag defines the run and comes from the checkpoint
 RESUMABLE = {'resume', 'eval_only', 'max_iter', 'out_dir', 'data_dir', 'device', 'log_every',
              'sample_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'lr', 'clip_grad',
-             'sample_size'}
+             'sample_size', 'sync_bn'}
 OUTPUT_DIRS = ('samples', 'reconstructions', 'plots', 'checkpoints', 'logs')
 
 
@@ -60,7 +64,8 @@ def base_parser(description, latent_dim, max_iter):
                         'not a normalized likelihood, so its nats are not log p(x))')
     p.add_argument('--flip', type=int, default=None, choices=(0, 1),
                    help='random horizontal flips of training images (default: on for cifar10 only)')
-    p.add_argument('--batch_size', type=int, default=128, help='minibatch size')
+    p.add_argument('--batch_size', type=int, default=128,
+                   help='minibatch size; under torchrun the global batch, split evenly over the processes')
     p.add_argument('--latent_dim', type=int, default=latent_dim, help='dimension of z')
     p.add_argument('--flow', default='none', choices=FLOW_KINDS, help='normalizing flow on z')
     p.add_argument('--length', type=int, default=8, help='number of flow steps')
@@ -141,21 +146,27 @@ def check_args(args, image_shape):
 
 
 def pick_device(name):
+    """The device of --device; under torchrun `auto` skips MPS, which has no process-group backend."""
     if name == 'auto':
         if torch.cuda.is_available():
             return torch.device('cuda')
-        return torch.device('mps' if torch.backends.mps.is_available() else 'cpu')
+        mps = torch.backends.mps.is_available() and not distributed.requested()
+        return torch.device('mps' if mps else 'cpu')
     available = {'cpu': True, 'cuda': torch.cuda.is_available(), 'mps': torch.backends.mps.is_available()}
     if not available[name]:
         raise UsageError(f'--device {name} is not available on this machine: use --device auto or cpu')
     return torch.device(name)
 
 
-def prepare_out_dirs(out_dir):
-    """Create the output folders and prove they are writable, before training starts."""
+def prepare_out_dirs(out_dir, create=True):
+    """Create the output folders and prove they are writable, before training starts (create=False: only
+    their paths, for the ranks of a distributed run that write nothing)."""
     paths = {}
     for sub in OUTPUT_DIRS:
         path = os.path.join(out_dir, sub)
+        if not create:
+            paths[sub] = path
+            continue
         try:
             os.makedirs(path, exist_ok=True)
             with tempfile.TemporaryFile(dir=path):
@@ -248,23 +259,36 @@ def eval_rng(device):
         yield
 
 
+def seed_batch(phase, start):
+    """Seed the noise of the test batch that begins at index `start` (phase 0: ELBO, 1: IW) from those two
+    alone, so that a batch gets the same noise whichever rank evaluates it and in whatever order."""
+    torch.manual_seed(EVAL_SEED + 2 * start + phase)
+
+
 @torch.no_grad()
-def evaluate(model, pre, images, labels, iw_samples=0, batch_size=500):
+def evaluate(model, pre, images, labels, iw_samples=0, batch_size=EVAL_BATCH, iw_batch=IW_BATCH):
     """Test-set ELBO (and IW log-likelihood when iw_samples > 0), in nats per example.
 
     For 8-bit data the logit and dequantization Jacobians are included, so the numbers are bounds
     on the log-density of the dequantized pixels in [0, 256)^D, and bits/dim follow from them.
+    Distributed, each rank takes a contiguous share of the batches and the sums are all-reduced; with
+    each batch's noise seeded from its start index the numbers equal a single process's (to float
+    rounding of the sum). Every rank must call this.
     """
     model.eval()
+    distributed.broadcast_buffers(model)   # every rank evaluates the model rank 0 checkpoints
     elbo_sum = iw_sum = 0.0
     with eval_rng(images.device):
-        for start in range(0, images.shape[0], batch_size):
+        for start in distributed.shard(range(0, images.shape[0], batch_size)):
+            seed_batch(0, start)
             x, log_det_pre = pre(images[start:start + batch_size], train=False)
             elbo_sum += (elbo(model(x), model.has_flow) + log_det_pre).sum().item()
-        for start in range(0, images.shape[0] if iw_samples else 0, IW_BATCH):
-            x, log_det_pre = pre(images[start:start + IW_BATCH], train=False)
+        for start in distributed.shard(range(0, images.shape[0] if iw_samples else 0, iw_batch)):
+            seed_batch(1, start)
+            x, log_det_pre = pre(images[start:start + iw_batch], train=False)
             iw_sum += (iw_log_likelihood(model, x, iw_samples, model.iw_rows) + log_det_pre).sum().item()
     model.train()
+    elbo_sum, iw_sum = distributed.sum_floats([elbo_sum, iw_sum])
     n, dims = images.shape[0], images[0].numel()
     metrics = {'test_elbo': elbo_sum / n}
     if iw_samples:
@@ -307,7 +331,11 @@ def save_latent_plot(model, pre, images, labels, path, title):
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits at the next iteration."""
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint and exits at the next iteration.
+
+    Distributed, a signal may reach some ranks only, or at different iterations: `requested()` takes the
+    largest signal number over the ranks, so all of them stop at the same iteration.
+    """
 
     def __init__(self):
         self.signum = None
@@ -319,6 +347,10 @@ class StopRequest:
     def handle(self, signum, frame):
         self.signum = signum
 
+    def requested(self):
+        self.signum = distributed.max_int(self.signum or 0) or None
+        return self.signum is not None
+
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
@@ -329,33 +361,43 @@ def log_json(path, record):
         f.write(json.dumps(record) + '\n')
 
 
-def train_step(model, optimizer, params, x, log_det_pre, args, it):
+def train_step(model, optimizer, params, x, log_det_pre, args, it, net=None):
     """One Adam step on the batch's mean loss; returns (loss, applied).
 
-    A step whose loss or gradient norm is not finite is not applied. Checking that is the one host
-    sync per step, the price of never letting a NaN reach the parameters.
+    `net` runs the forward: the DistributedDataParallel wrapper of `model` (distributed.wrap) under
+    torchrun. Each rank's loss is then the mean over its slice of the global batch and DDP averages the
+    gradients over the ranks, which gives the gradient of the global batch's mean loss; the returned
+    loss is all-reduced to that mean too, so every rank sees the same loss and gradient norm and
+    applies or skips the same steps. A step whose loss or gradient norm is not finite is not applied.
+    Checking that is the one host sync per step, the price of never letting a NaN reach the parameters.
     """
-    terms = model(x)
+    terms = (net or model)(x)
     beta = warmup_beta(it, args.warmup)
     loss = (training_loss(terms, model.has_flow, args.objective, beta) - log_det_pre).mean()
     optimizer.zero_grad(set_to_none=True)
     (loss + model.penalty()).backward()
     grads = [p.grad for p in params if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm(grads)
+    loss = distributed.mean(loss.detach())
     applied = bool(torch.isfinite(loss + grad_norm))
     if applied:
         if args.clip_grad:
             torch.nn.utils.clip_grads_with_norm_(grads, args.clip_grad, grad_norm)
         optimizer.step()
-    return loss.detach(), applied
+    return loss, applied
 
 
 def train(args, model, optimizer, batches, pre, test, state, paths, prefix, script):
-    """The training loop: one flat loop with `if it % every == 0` blocks. Returns the stop signal or None."""
+    """The training loop: one flat loop with `if it % every == 0` blocks. Returns the stop signal or None.
+
+    Distributed, every rank runs it (the training forward through the DDP wrapper `net`, evaluation
+    split over the ranks) and only rank 0 writes logs, pictures and checkpoints.
+    """
     ckpt_path = os.path.join(paths['checkpoints'], f'{prefix}.pt')
     log_path = os.path.join(paths['logs'], f'{prefix}.jsonl')
     params = [p for p in model.parameters() if p.requires_grad]
     dims = test[0][0].numel()
+    net, main = distributed.wrap(model), distributed.is_main()
 
     def checkpoint(it):
         state['iter'] = it
@@ -369,12 +411,12 @@ def train(args, model, optimizer, batches, pre, test, state, paths, prefix, scri
     it, bad = state['iter'], 0
     running, n_running = torch.zeros((), device=test[0].device), 0
     t_last, it_last, t_other = time.perf_counter(), it, 0.0   # t_other: time spent outside training steps
-    bar = tqdm(total=args.max_iter, initial=it, disable=None, dynamic_ncols=True, desc=prefix)
+    bar = tqdm(total=args.max_iter, initial=it, disable=None if main else True, dynamic_ncols=True, desc=prefix)
     with StopRequest() as stop:
-        while it < args.max_iter and stop.signum is None:
+        while not stop.requested() and it < args.max_iter:   # asked first: after the last step too
             it += 1
             x, log_det_pre = pre(next(batches)[0], train=True)
-            loss, applied = train_step(model, optimizer, params, x, log_det_pre, args, it)
+            loss, applied = train_step(model, optimizer, params, x, log_det_pre, args, it, net)
             if applied:
                 running += loss
                 n_running, bad = n_running + 1, 0
@@ -399,43 +441,54 @@ def train(args, model, optimizer, batches, pre, test, state, paths, prefix, scri
                 if not pre.binary:
                     record['bpd'] = bits_per_dim(-mean_loss, dims)
                 state['history']['train'].append(record)
-                log_json(log_path, record)
+                if main:
+                    log_json(log_path, record)
                 bar.set_postfix(loss=f'{mean_loss:.2f}', skipped=state['skipped'])
                 running.zero_()
                 n_running, t_last, it_last, t_other = 0, now, it, 0.0
             t_start = time.perf_counter()
             if it % args.sample_every == 0 or it == args.max_iter:
-                save_pictures(model, pre, test[0], args, paths, prefix, it)
-                record = {'iter': it, **evaluate(model, pre, *test)}
+                record = {'iter': it, **evaluate(model, pre, *test)}   # every rank: it is split over them
                 state['history']['test'].append(record)
-                log_json(log_path, record)
-            if (it % args.ckpt_every == 0 or it == args.max_iter) and bad == 0:
+                if main:
+                    save_pictures(model, pre, test[0], args, paths, prefix, it)
+                    log_json(log_path, record)
+            if (it % args.ckpt_every == 0 or it == args.max_iter) and bad == 0 and main:
                 checkpoint(it)   # not during a non-finite streak: keep the last good checkpoint on disk
             t_other += time.perf_counter() - t_start
         bar.close()
         if stop.signum is not None:
-            checkpoint(it)
-            plotting.plot_curves(state['history'], os.path.join(paths['plots'], f'{prefix}_curves.png'), 'nats')
-            log_json(log_path, {'iter': it, 'interrupted': signal.Signals(stop.signum).name})
-            print(f'stopped by {signal.Signals(stop.signum).name} at iteration {it}; checkpoint saved. '
-                  f'Resume with: python {script} --resume {ckpt_path}', file=sys.stderr)
+            if main:
+                checkpoint(it)
+                plotting.plot_curves(state['history'], os.path.join(paths['plots'], f'{prefix}_curves.png'), 'nats')
+                log_json(log_path, {'iter': it, 'interrupted': signal.Signals(stop.signum).name})
+                print(f'stopped by {signal.Signals(stop.signum).name} at iteration {it}; checkpoint saved. '
+                      f'Resume with: python {script} --resume {ckpt_path}', file=sys.stderr)
             return stop.signum
     state['iter'] = it
     return None
 
 
 def main(parser, script, build_model, arch, check_script_args=None, argv=None):
-    """Parse flags, then train and evaluate; every expected failure is one line and an exit code."""
+    """Parse flags, then train and evaluate; every expected failure is one line and an exit code.
+
+    Distributed, a rank other than 0 prefixes its error line with [rankN]: (as torch does); a
+    divergence, which every rank meets at the same step, is printed by rank 0 only.
+    """
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    tag = f'[rank{distributed.rank()}]: ' if distributed.rank() else ''
     try:
         code = run(args, parser, argv, script, build_model, arch, check_script_args)
     except (UsageError, data_utils.DataError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'{tag}error: {e}', file=sys.stderr)
         code = 2
     except Diverged as e:
-        print(f'error: {e}', file=sys.stderr)
+        if not tag:
+            print(f'error: {e}', file=sys.stderr)
         code = 3
+    finally:
+        distributed.cleanup()
     sys.exit(code)
 
 
@@ -450,9 +503,17 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
     check_args(args, image_shape)
     if check_script_args:
         check_script_args(args, image_shape)
-    device = pick_device(args.device)
+    world = distributed.world_size()
+    if args.batch_size % world:
+        raise UsageError(f'--batch_size {args.batch_size} is not divisible by the world size {world}: '
+                         f'use a multiple of {world}')
+    try:
+        device = distributed.setup(pick_device(args.device))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    main = distributed.is_main()
     prefix = run_prefix(args, arch(args))
-    paths = prepare_out_dirs(args.out_dir)
+    paths = prepare_out_dirs(args.out_dir, create=main)
 
     torch.manual_seed(args.seed)
     model = build_model(args, image_shape).to(device)
@@ -469,8 +530,9 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
         state.update(iter=ckpt['iter'], skipped=ckpt.get('skipped', 0),
                      history=ckpt.get('history', state['history']))
 
-    train_images, train_labels = data_utils.load_split(args.dataset, args.data_dir, train=True)
-    test_images, test_labels = data_utils.load_split(args.dataset, args.data_dir, train=False)
+    log = print if main else lambda *_: None
+    train_images, train_labels = data_utils.load_split(args.dataset, args.data_dir, train=True, log=log)
+    test_images, test_labels = data_utils.load_split(args.dataset, args.data_dir, train=False, log=log)
     if data_utils.is_binary(args.dataset) and args.binarize != 'none':
         test_images = data_utils.static_binarize(test_images, TEST_BINARIZATION_SEED)
         if args.binarize == 'static':
@@ -479,13 +541,15 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
     if args.batch_size > len(train_images):
         raise UsageError(f'--batch_size {args.batch_size} is larger than the {len(train_images)} training images '
                          f'of {args.dataset} under {args.data_dir}')
-    batches = data_utils.Batches(train_images, train_labels, args.batch_size, device, args.seed)
+    batches = data_utils.Batches(train_images, train_labels, args.batch_size, device, args.seed,
+                                 distributed.rank(), world)
     test = (test_images.to(device), test_labels.to(device))
     if ckpt:
         batches.load_state_dict(ckpt['batches'])
         torch.set_rng_state(ckpt['rng']['cpu'])
         if ckpt['rng']['cuda'] and device.type == 'cuda':
             torch.cuda.set_rng_state_all(ckpt['rng']['cuda'])
+    distributed.seed_rank(args.seed, state['iter'])
 
     if not args.eval_only:
         signum = train(args, model, optimizer, batches, pre, test, state, paths, prefix, script)
@@ -496,8 +560,10 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
 
 
 def finish(args, model, pre, test, state, paths, prefix):
-    """Final test-set evaluation, latent plot and curves; the table is printed and logged."""
-    metrics = evaluate(model, pre, *test, iw_samples=args.iw_samples)
+    """Final test-set evaluation, latent plot and curves; the table is printed and logged (by rank 0)."""
+    metrics = evaluate(model, pre, *test, iw_samples=args.iw_samples)   # every rank: it is split over them
+    if not distributed.is_main():
+        return
     record = {'iter': state['iter'], 'final': True, 'skipped': state['skipped'], **metrics}
     log_json(os.path.join(paths['logs'], f'{prefix}.jsonl'), record)
     unit = 'nats' if pre.binary else 'bits/dim'
