@@ -33,7 +33,8 @@ IW_BATCH = 100               # test images per importance-weighted batch (their 
 # flags that may change when a run is resumed; every other flag defines the run and comes from the checkpoint
 RESUMABLE = {'resume', 'eval_only', 'max_iter', 'out_dir', 'data_dir', 'device', 'log_every',
              'sample_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'lr', 'clip_grad',
-             'sample_size', 'sync_bn'}
+             'sample_size', 'sync_bn', 'compile'}
+FUSED_ADAM_DEVICES = ('cpu', 'cuda')   # where torch has a fused Adam kernel: one kernel for all parameters
 OUTPUT_DIRS = ('samples', 'reconstructions', 'plots', 'checkpoints', 'logs')
 
 
@@ -93,6 +94,9 @@ def base_parser(description, latent_dim, max_iter):
     p.add_argument('--ckpt_every', type=int, default=1000, help='save a checkpoint every N iterations')
     p.add_argument('--resume', default=None, metavar='PATH', help='continue from this checkpoint')
     p.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
+    p.add_argument('--compile', type=int, default=0, choices=(0, 1),
+                   help='1: run the training forward through torch.compile (fuses the flow steps; the first '
+                        'steps take about a minute longer; on the CPU it needs a C++ compiler)')
     p.add_argument('--iw_samples', type=int, default=1000,
                    help='K, importance samples per test image for the log-likelihood estimate '
                         '(0: skip it, e.g. to train on one device and --eval_only on another)')
@@ -371,7 +375,7 @@ def train_step(model, optimizer, params, x, log_det_pre, args, it, net=None):
     applies or skips the same steps. A step whose loss or gradient norm is not finite is not applied.
     Checking that is the one host sync per step, the price of never letting a NaN reach the parameters.
     """
-    terms = (net or model)(x)
+    terms = (model if net is None else net)(x)
     beta = warmup_beta(it, args.warmup)
     loss = (training_loss(terms, model.has_flow, args.objective, beta) - log_det_pre).mean()
     optimizer.zero_grad(set_to_none=True)
@@ -398,6 +402,9 @@ def train(args, model, optimizer, batches, pre, test, state, paths, prefix, scri
     params = [p for p in model.parameters() if p.requires_grad]
     dims = test[0][0].numel()
     net, main = distributed.wrap(model), distributed.is_main()
+    if args.compile:
+        torch._inductor.config.fallback_random = True   # draw eps from torch's generator, as in eager mode
+        net = torch.compile(net)
 
     def checkpoint(it):
         state['iter'] = it
@@ -517,7 +524,8 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
 
     torch.manual_seed(args.seed)
     model = build_model(args, image_shape).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay))
+    fused = device.type in FUSED_ADAM_DEVICES
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay), fused=fused)
     state = {'iter': 0, 'skipped': 0, 'history': {'train': [], 'test': []}}
     if ckpt:
         try:
@@ -526,7 +534,7 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
         except (RuntimeError, ValueError, KeyError) as e:
             raise UsageError(f'{args.resume} does not match this model: {str(e).splitlines()[0]}') from None
         for group in optimizer.param_groups:
-            group['lr'] = args.lr
+            group.update(lr=args.lr, fused=fused)   # a checkpoint from another device may say otherwise
         state.update(iter=ckpt['iter'], skipped=ckpt.get('skipped', 0),
                      history=ckpt.get('history', state['history']))
 

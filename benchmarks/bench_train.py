@@ -3,7 +3,9 @@
     python benchmarks/bench_train.py [--iters 200] [--data_dir ./data]
 
 Ours: the uint8 training set in memory, batches drawn by index and binarized as a batch
-(data_utils.Batches + Preprocessor), then utils.train_step. The baseline reproduces the original
+(data_utils.Batches + Preprocessor), then utils.train_step, in three versions side by side: before
+(Adam's per-parameter loop), now (the fused Adam kernel the scripts use on the CPU and CUDA) and
+with --compile 1 (torch.compile of the training forward). The baseline reproduces the original
 repo's loop: a torchvision DataLoader over MNIST with ToTensor() and num_workers=2, the same model
 step, and loss.item() every iteration. Also reported: the static MLP step's achieved GFLOP/s
 against a plain torch.mm measured in the same run, and the importance-weighted evaluation's
@@ -35,24 +37,26 @@ def config(**overrides):
     return SimpleNamespace(**{**base, **overrides})
 
 
-def make(args, build):
+def make(args, build, fused=False):
     torch.manual_seed(0)
     model = build(args, (1, 28, 28))
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay))
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay), fused=fused)
     return model, optimizer
 
 
-def ours(args, build, images, labels, iters):
-    """Iterations per second of the loop in utils.train (less logging)."""
-    model, optimizer = make(args, build)
+def ours(args, build, images, labels, iters, fused=True, compile=False):
+    """Iterations per second of the loop in utils.train (less logging); compile: as with --compile 1."""
+    model, optimizer = make(args, build, fused)
     params = list(model.parameters())
     batches = data_utils.Batches(images, labels, args.batch_size, 'cpu', seed=0)
     pre = data_utils.Preprocessor('mnist')
+    torch._inductor.config.fallback_random = True
+    net = torch.compile(model) if compile else model
     for it in range(1, iters + 1):
         if it == 11:
-            start = time.perf_counter()  # after 10 warm-up steps
+            start = time.perf_counter()  # after 10 warm-up steps (and the compilation)
         x, log_det_pre = pre(next(batches)[0])
-        utils.train_step(model, optimizer, params, x, log_det_pre, args, it)
+        utils.train_step(model, optimizer, params, x, log_det_pre, args, it, net)
     return (iters - 10) / (time.perf_counter() - start)
 
 
@@ -120,20 +124,28 @@ def main():
     mlp, conv = static_flow_vae.build_model, static_flow_conv_vae.build_model
     rows = [('static MLP, no flow', config(), mlp)]
     rows += [(f'static MLP, {k}-16', config(flow=k), mlp) for k in ('planar', 'radial', 'householder', 'nice')]
-    rows += [(f'dynamic MLP, {k}-16', config(flow=k, amortized=True), mlp) for k in ('planar', 'nice')]
+    rows += [(f'dynamic MLP, {k}-16', config(flow=k, amortized=True), mlp) for k in ('planar', 'radial', 'householder', 'nice')]
     rows += [('conv (base_dim 8, scale 2), planar-16', config(flow='planar'), conv)]
-    print(f'\n{"configuration":<40}{"ours it/s":>11}{"baseline it/s":>15}{"ratio":>8}')
+    print('\nit/s; ratios to the baseline (the original repo\'s loop)')
+    print(f'{"configuration":<40}{"before":>8}{"now":>8}{"compiled":>10}{"baseline":>10}{"now/base":>10}'
+          f'{"compiled/base":>15}')
     for name, cfg, build in rows:
-        fast, slow = ours(cfg, build, images, labels, args.iters), baseline(cfg, build, args.data_dir, args.iters)
-        print(f'{name:<40}{fast:>11.1f}{slow:>15.1f}{fast / slow:>7.1f}x', flush=True)
+        before = ours(cfg, build, images, labels, args.iters, fused=False)
+        now = ours(cfg, build, images, labels, args.iters)
+        compiled = ours(cfg, build, images, labels, args.iters, compile=True)
+        slow = baseline(cfg, build, args.data_dir, args.iters)
+        print(f'{name:<40}{before:>8.1f}{now:>8.1f}{compiled:>10.1f}{slow:>10.1f}{now / slow:>9.1f}x'
+              f'{compiled / slow:>14.1f}x', flush=True)
 
     cfg = config(flow='planar')
     flops = mlp_step_flops(cfg)
-    rate = ours(cfg, mlp, images, labels, args.iters)
     limit = mm_gflops()
-    print(f'\nstatic MLP planar-16: {flops / 1e6:.0f} MFLOP of matrix products per step; {rate:.1f} it/s = '
-          f'{rate * flops / 1e9:.1f} GFLOP/s, {100 * rate * flops / 1e9 / limit:.0f}% of torch.mm '
-          f'({limit:.1f} GFLOP/s, limit {limit * 1e9 / flops:.0f} it/s)')
+    print(f'\nstatic MLP planar-16: {flops / 1e6:.0f} MFLOP of matrix products per step; torch.mm '
+          f'{limit:.1f} GFLOP/s, a limit of {limit * 1e9 / flops:.0f} it/s')
+    for label, compile in (('now', False), ('compiled', True)):
+        rate = ours(cfg, mlp, images, labels, args.iters, compile=compile)
+        print(f'  {label:<9}{rate:>7.1f} it/s = {rate * flops / 1e9:.1f} GFLOP/s, '
+              f'{100 * rate * flops / 1e9 / limit:.0f}% of torch.mm')
     print(f'IW evaluation, K=1000, static MLP planar-16: '
           f'{iw_images_per_second(cfg, mlp, images):.1f} test images/s')
 

@@ -130,3 +130,18 @@ def test_iw_samples_0_skips_the_estimate_and_eval_only_adds_it(data_root, tmp_pa
     _, records = read_log(out)
     assert records[-1]['iw_samples'] == 4
     assert math.isfinite(records[-1]['test_log_px_iw'])
+
+
+def test_compile_trains_the_same_model(data_root, tmp_path):
+    """--compile 1 (torch.compile of the training forward) gives the parameters of the eager run."""
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--data_dir', data_root,
+             '--device', 'cpu']
+    eager, compiled = str(tmp_path / 'eager'), str(tmp_path / 'compiled')
+    assert run_script('static_flow_vae.py', [*flags, '--out_dir', eager]) == 0
+    assert run_script('static_flow_vae.py', [*flags, '--out_dir', compiled, '--compile', '1']) == 0
+    (ckpt,) = os.listdir(os.path.join(eager, 'checkpoints'))
+    a = torch.load(os.path.join(eager, 'checkpoints', ckpt), weights_only=True)
+    b = torch.load(os.path.join(compiled, 'checkpoints', ckpt), weights_only=True)
+    assert b['config']['compile'] == 1
+    for key, value in a['model'].items():
+        torch.testing.assert_close(b['model'][key], value, rtol=1e-4, atol=1e-5, msg=key)
