@@ -11,7 +11,8 @@
 #            planar; K = 1000 (MLP) and K_CONV (conv)
 #
 # Environment [default]: OUT [results] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...};
-# ITERS [10000]; K_CONV [250]; JOBS [number of CPUs] runs at once, one CPU thread each;
+# ITERS [5000, as in the README]; FLOWS [none planar radial householder nice] (fashion: none planar);
+# K_CONV [250]; JOBS [number of CPUs] runs at once, one CPU thread each;
 # TRAIN_DEVICE [auto] trains the MLP runs, CONV_DEVICE [auto] the conv runs, EVAL_DEVICE [auto]
 # evaluates. Each run trains with --iw_samples 0; its checkpoint is then evaluated with --eval_only
 # and K samples, so a GPU can evaluate while the CPUs train. A run stopped by SIGTERM is evaluated
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results}
-ITERS=${ITERS:-10000}
+ITERS=${ITERS:-5000}
 K_CONV=${K_CONV:-250}
 JOBS=${JOBS:-$(nproc)}
 TRAIN_DEVICE=${TRAIN_DEVICE:-auto}
@@ -56,7 +57,7 @@ launch() {   # run in the background, at most JOBS at once
   fi
 }
 
-flows=(none planar radial householder nice)
+read -r -a flows <<< "${FLOWS:-none planar radial householder nice}"
 mlp40=(--latent_dim 40 --layer 2 --hidden_dim 400 --length 16 --max_iter "$ITERS" --warmup $((ITERS / 5)))
 for section in "${sections[@]}"; do
   case $section in
@@ -80,7 +81,8 @@ for section in "${sections[@]}"; do
         launch mnist40 "mlp_amortized_$flow" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${mlp40[@]}" --flow "$flow"
       done ;;
     fashion)
-      for flow in none planar; do
+      for flow in "${flows[@]}"; do
+        [[ $flow == none || $flow == planar ]] || continue
         launch fashion "conv_static_$flow" static_flow_conv_vae.py "$CONV_DEVICE" "$K_CONV" --dataset fashion-mnist \
           --length 16 --max_iter "$ITERS" --warmup $((ITERS / 5)) --flow "$flow"
         launch fashion "mlp_static_$flow" static_flow_vae.py "$TRAIN_DEVICE" 1000 --dataset fashion-mnist \
