@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -470,7 +471,7 @@ def train(args, model, optimizer, batches, pre, test, state, paths, prefix, scri
                 plotting.plot_curves(state['history'], os.path.join(paths['plots'], f'{prefix}_curves.png'), 'nats')
                 log_json(log_path, {'iter': it, 'interrupted': signal.Signals(stop.signum).name})
                 print(f'stopped by {signal.Signals(stop.signum).name} at iteration {it}; checkpoint saved. '
-                      f'Resume with: python {script} --resume {ckpt_path}', file=sys.stderr)
+                      f'Resume with: python {script} --resume {shlex.quote(ckpt_path)}', file=sys.stderr)
             return stop.signum
     state['iter'] = it
     return None

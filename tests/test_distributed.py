@@ -318,6 +318,21 @@ def test_a_torchrun_run_writes_once_and_its_checkpoint_resumes_in_one_process_an
     assert torch.load(ckpt_path, weights_only=True)['iter'] == 8
 
 
+def test_two_nodes_meet_through_the_c10d_rendezvous(data_root, tmp_path):
+    """The README's multi-node command, with two torchrun launchers on this machine standing in for two nodes."""
+    out, port = str(tmp_path / 'run'), free_port()
+    argv = [*CONV_FLAGS, '--dataset', 'svhn', '--max_iter', '2', '--data_dir', data_root, '--out_dir', out]
+    nodes = [subprocess.Popen([TORCHRUN, '--nnodes', '2', '--nproc_per_node', '1', '--rdzv_backend', 'c10d',
+                               '--rdzv_id', 'test', '--rdzv_endpoint', f'127.0.0.1:{port}',
+                               'static_flow_conv_vae.py', *argv], cwd=ROOT, env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [node.communicate(timeout=180) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-2000:] for _, err in results]
+    assert sum(stdout.count('test set (30 images), iteration 2') for stdout, _ in results) == 1
+    _, records = read_log(out)
+    assert [r['iter'] for r in records if r.get('final')] == [2]
+
+
 def _signal_worker(rank, world, data_root, out):
     """Rank 1 alone gets SIGTERM in its third training step; rank 0 never does."""
     if rank == 1:

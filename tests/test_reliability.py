@@ -201,7 +201,7 @@ def test_sigkill_during_checkpointing_always_leaves_a_loadable_resumable_checkpo
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
 def test_signal_saves_a_checkpoint_and_the_printed_command_resumes_it(sig, data_root, tmp_path, monkeypatch):
-    out = str(tmp_path / 'run')
+    out = str(tmp_path / "my run's outputs")   # the printed command quotes the path for the shell
     flags = [*MLP, '--flow', 'radial', '--length', '2', '--max_iter', '800', '--ckpt_every', '1000',
              '--log_every', '10', '--sample_every', '100000', '--lr', '3e-4', '--data_dir', data_root,
              '--out_dir', out]
