@@ -83,6 +83,33 @@ def baseline(args, build, data_dir, iters):
     return (iters - 10) / (time.perf_counter() - start)
 
 
+def step_parts(args, build, images, labels, iters, compile=False):
+    """Milliseconds per step spent in each part of utils.train_step (mean over `iters` steps after 30)."""
+    model, optimizer = make(args, build, fused=True)
+    params = list(model.parameters())
+    batches = data_utils.Batches(images, labels, args.batch_size, 'cpu', seed=0)
+    pre = data_utils.Preprocessor('mnist')
+    net = torch.compile(model) if compile else model
+    parts = dict.fromkeys(('preprocessing', 'forward', 'backward', 'grad norm', 'Adam'), 0.0)
+    for it in range(1, iters + 31):
+        t = [time.perf_counter()]
+        x, log_det_pre = pre(next(batches)[0])
+        t.append(time.perf_counter())
+        loss = (training_loss(net(x), model.has_flow, args.objective) - log_det_pre).mean()
+        t.append(time.perf_counter())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t.append(time.perf_counter())
+        bool(torch.isfinite(loss + torch.nn.utils.get_total_norm([p.grad for p in params])))
+        t.append(time.perf_counter())
+        optimizer.step()
+        t.append(time.perf_counter())
+        if it > 30:
+            for key, start, end in zip(parts, t, t[1:]):
+                parts[key] += (end - start) * 1e3 / iters
+    return parts
+
+
 def mlp_step_flops(args, pixels=784):
     """Matrix-product FLOPs of one MLP step: forward 2BΣ(in·out), backward twice that, less the
     first layer's input gradient (the data needs none)."""
@@ -146,6 +173,11 @@ def main():
         rate = ours(cfg, mlp, images, labels, args.iters, compile=compile)
         print(f'  {label:<9}{rate:>7.1f} it/s = {rate * flops / 1e9:.1f} GFLOP/s, '
               f'{100 * rate * flops / 1e9 / limit:.0f}% of torch.mm')
+    print('\nwhere the time goes: ms per step (preprocessing, forward, backward, grad norm, Adam, total)')
+    for label, flow, compile in (('no flow, eager', 'none', False), ('planar-16, eager', 'planar', False),
+                                 ('planar-16, compiled', 'planar', True)):
+        parts = step_parts(config(flow=flow), mlp, images, labels, args.iters, compile)
+        print(f'  {label:<22}' + ''.join(f'{v:>7.2f}' for v in parts.values()) + f'{sum(parts.values()):>8.2f}')
     print(f'IW evaluation, K=1000, static MLP planar-16: '
           f'{iw_images_per_second(cfg, mlp, images):.1f} test images/s')
 
