@@ -96,8 +96,8 @@ def base_parser(description, latent_dim, max_iter):
     p.add_argument('--resume', default=None, metavar='PATH', help='continue from this checkpoint')
     p.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
     p.add_argument('--compile', type=int, default=0, choices=(0, 1),
-                   help='1: run the training forward through torch.compile (fuses the flow steps; the first '
-                        'steps take about a minute longer; on the CPU it needs a C++ compiler)')
+                   help='1: run the training forward through torch.compile (fuses the flow steps; compiling '
+                        'takes about half a minute on a 2-core CPU; on the CPU it needs a C++ compiler)')
     p.add_argument('--iw_samples', type=int, default=1000,
                    help='K, importance samples per test image for the log-likelihood estimate '
                         '(0: skip it, e.g. to train on one device and --eval_only on another)')
