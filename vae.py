@@ -43,6 +43,11 @@ def gaussian_log_likelihood(mean, log_scale, x):
     return -(0.5 * LOG_2PI + log_scale + 0.5 * z ** 2).flatten(-3).sum(-1)
 
 
+def full_precision(x):
+    """A region with autocast off on x's device: every op runs in the dtype of its inputs."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 class ElboTerms(NamedTuple):
     """Per-example terms (each (B,)) of one draw z0 ~ q0(z0|x), z_K = f(z0)."""
     log_px: torch.Tensor   # log p(x | z_K)
@@ -97,19 +102,27 @@ class FlowVAE(nn.Module):
         return torch.sigmoid(decoded) if self.likelihood == 'bernoulli' else decoded
 
     def forward(self, x, eps=None):
-        """ElboTerms for x (B, C, H, W) with z0 = mean + std * eps, eps ~ N(0, I) unless given."""
-        mean, log_var, context = self.encode(x)
-        if eps is None:
-            eps = torch.randn_like(mean)
-        z0 = mean + torch.exp(0.5 * log_var) * eps                    # (B, D)
-        z_k, log_det = self.flow(z0, context)
-        return ElboTerms(
-            log_px=self.log_likelihood(x, self.decode(z_k)),
-            log_pz=log_standard_normal(z_k),
-            log_q0=log_normal_diag(z0, mean, log_var),
-            log_det=log_det,
-            kl0=kl_standard_normal(mean, log_var),
-        )
+        """ElboTerms for x (B, C, H, W) with z0 = mean + std * eps, eps ~ N(0, I) unless given.
+
+        Under torch.autocast (training with --precision bf16) only the networks `encode` and `decode` run
+        in low precision: their outputs are cast back to x's dtype, in which z0, the flow and every term
+        are computed.
+        """
+        mean, log_var, context = (None if t is None else t.to(x.dtype) for t in self.encode(x))
+        with full_precision(x):
+            if eps is None:
+                eps = torch.randn_like(mean)
+            z0 = mean + torch.exp(0.5 * log_var) * eps                # (B, D)
+            z_k, log_det = self.flow(z0, context)
+        decoded = self.decode(z_k).to(x.dtype)
+        with full_precision(x):
+            return ElboTerms(
+                log_px=self.log_likelihood(x, decoded),
+                log_pz=log_standard_normal(z_k),
+                log_q0=log_normal_diag(z0, mean, log_var),
+                log_det=log_det,
+                kl0=kl_standard_normal(mean, log_var),
+            )
 
     def latents(self, x):
         """(z0, z_K), each (B, D), for one draw from q0: what the latent plots show."""

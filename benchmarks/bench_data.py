@@ -6,6 +6,9 @@ uint8 arrays of the real shape and size, written once in the real file formats t
 the baseline can read them with torchvision's dataset classes. The baseline is
 DataLoader(dataset with transforms.ToTensor(), batch_size, shuffle=True, num_workers=2), its float batches
 turned back into uint8 and put through the same Preprocessor; its worker start-up is not timed.
+The floor is what no rewrite in torch ops can drop: drawing the batch's random bits (32 per pixel to
+binarize, 16 to dequantize) and, for 8-bit data, one torch.logit over the batch; the ceiling is the
+ratio to the baseline that a pipeline doing nothing else would reach.
 """
 import argparse
 import os
@@ -71,6 +74,27 @@ def ours(images, labels, pre, batch_size, device, seconds):
     return count / (time.perf_counter() - t0)
 
 
+def floor_ms(name, batch_size, device, repeats=500):
+    """Milliseconds per batch of the random bits and (8-bit data) one logit kernel, each alone."""
+    shape = (batch_size, *du.image_shape(name))
+    nbits = 32 if du.is_binary(name) else 16
+    y = torch.rand(shape, device=device) * 0.9 + 0.05
+    parts = [lambda: du.random_bits(shape, nbits, device)]
+    if not du.is_binary(name):
+        parts.append(lambda: torch.logit(y))
+    total = 0.0
+    for part in parts:
+        for _ in range(10):
+            part()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            part()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        total += (time.perf_counter() - start) / repeats
+    return 1e3 * total
+
+
 def baseline(dataset, pre, batch_size, device, n_batches):
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2)
     it = iter(loader)
@@ -104,12 +128,14 @@ def main(args):
             pre = du.Preprocessor(name)
             fast = ours(images, labels, pre, args.batch_size, device, args.seconds)
             slow = baseline(dataset, pre, args.batch_size, device, args.baseline_batches)
-            rows.append((name, source, len(images), fast, slow))
+            rows.append((name, source, len(images), fast, slow, floor_ms(name, args.batch_size, device)))
             print(f'  {name}: done', flush=True)
-    print('\n| dataset | data | N train | ours (batches/s) | DataLoader, 2 workers (batches/s) | ratio |')
-    print('|---|---|---:|---:|---:|---:|')
-    for name, source, n, fast, slow in rows:
-        print(f'| {name} | {source} | {n} | {fast:,.0f} | {slow:,.1f} | {fast / slow:,.0f}x |')
+    print('\n| dataset | data | N train | ours (batches/s) | DataLoader, 2 workers (batches/s) | ratio '
+          '| ours (ms/batch) | floor (ms/batch) | ceiling |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
+    for name, source, n, fast, slow, floor in rows:
+        print(f'| {name} | {source} | {n} | {fast:,.0f} | {slow:,.1f} | {fast / slow:,.0f}x | {1e3 / fast:.3f} '
+              f'| {floor:.3f} | {1e3 / slow / floor:,.0f}x |')
 
 
 if __name__ == '__main__':

@@ -36,7 +36,7 @@ WARMUP = 10
 def config(args):
     return SimpleNamespace(dataset='mnist', latent_dim=32, base_dim=args.base_dim, scale=2, res_blocks=1,
                            bottleneck=0, weight_norm=1, flow='planar', length=8, lr=1e-3, momentum=0.9,
-                           decay=0.999, objective='elbo', warmup=0, clip_grad=0.0)
+                           decay=0.999, objective='elbo', warmup=0, clip_grad=0.0, precision='fp32')
 
 
 def load_images(data_dir):

@@ -3,13 +3,15 @@
     python benchmarks/bench_train.py [--iters 200] [--data_dir ./data]
 
 Ours: the uint8 training set in memory, batches drawn by index and binarized as a batch
-(data_utils.Batches + Preprocessor), then utils.train_step, in three versions side by side: before
-(Adam's per-parameter loop), now (the fused Adam kernel the scripts use on the CPU and CUDA) and
-with --compile 1 (torch.compile of the training forward). The baseline reproduces the original
-repo's loop: a torchvision DataLoader over MNIST with ToTensor() and num_workers=2, the same model
-step, and loss.item() every iteration. Also reported: the static MLP step's achieved GFLOP/s
-against a plain torch.mm measured in the same run, and the importance-weighted evaluation's
-throughput (test images per second at K = 1000).
+(data_utils.Batches + Preprocessor), then utils.train_step, in four versions side by side: before
+(Adam's per-parameter loop), now (the fused Adam kernel the scripts use on the CPU and CUDA), with
+--compile 1 (torch.compile of the training forward), and with --compile 1 --precision bf16 (the
+networks' matrix products in bfloat16). The baseline reproduces the original repo's loop: a
+torchvision DataLoader over MNIST with ToTensor() and num_workers=2, the same model step, and
+loss.item() every iteration. Also reported: the static MLP step's achieved GFLOP/s against a plain
+torch.mm measured in the same run, the floor under the step (its matrix products alone, back to
+back, and the Adam kernel alone), and the importance-weighted evaluation's throughput (test images
+per second at K = 1000).
 """
 import argparse
 import os
@@ -33,7 +35,7 @@ def config(**overrides):
     """The original defaults (--batch_size 128 --layer 2 --hidden_dim 400 --latent_dim 2)."""
     base = dict(dataset='mnist', batch_size=128, layer=2, hidden_dim=400, latent_dim=2, gate=0, flow='none',
                 length=16, amortized=False, lr=1e-3, momentum=0.9, decay=0.999, objective='elbo', warmup=0,
-                clip_grad=0.0, base_dim=8, scale=2, res_blocks=1, bottleneck=0, weight_norm=1)
+                clip_grad=0.0, precision='fp32', base_dim=8, scale=2, res_blocks=1, bottleneck=0, weight_norm=1)
     return SimpleNamespace(**{**base, **overrides})
 
 
@@ -44,14 +46,22 @@ def make(args, build, fused=False):
     return model, optimizer
 
 
-def ours(args, build, images, labels, iters, fused=True, compile=False):
-    """Iterations per second of the loop in utils.train (less logging); compile: as with --compile 1."""
+def compiled(model):
+    """torch.compile(model) as --compile 1 does it, with dynamo's caches emptied first: in one process the
+    same forward compiled for more than 8 models would otherwise fall back to eager from the 9th on."""
+    torch._dynamo.reset()
+    torch._inductor.config.fallback_random = True
+    return torch.compile(model)
+
+
+def ours(args, build, images, labels, iters, fused=True, compile=False, precision='fp32'):
+    """Iterations per second of the loop in utils.train (less logging); compile, precision: as the flags."""
+    args = SimpleNamespace(**{**vars(args), 'precision': precision})
     model, optimizer = make(args, build, fused)
     params = list(model.parameters())
     batches = data_utils.Batches(images, labels, args.batch_size, 'cpu', seed=0)
     pre = data_utils.Preprocessor('mnist')
-    torch._inductor.config.fallback_random = True
-    net = torch.compile(model) if compile else model
+    net = compiled(model) if compile else model
     for it in range(1, iters + 1):
         if it == 11:
             start = time.perf_counter()  # after 10 warm-up steps (and the compilation)
@@ -83,19 +93,22 @@ def baseline(args, build, data_dir, iters):
     return (iters - 10) / (time.perf_counter() - start)
 
 
-def step_parts(args, build, images, labels, iters, compile=False):
+def step_parts(args, build, images, labels, iters, compile=False, precision='fp32'):
     """Milliseconds per step spent in each part of utils.train_step (mean over `iters` steps after 30)."""
+    dtype = utils.PRECISIONS[precision]
     model, optimizer = make(args, build, fused=True)
     params = list(model.parameters())
     batches = data_utils.Batches(images, labels, args.batch_size, 'cpu', seed=0)
     pre = data_utils.Preprocessor('mnist')
-    net = torch.compile(model) if compile else model
+    net = compiled(model) if compile else model
     parts = dict.fromkeys(('preprocessing', 'forward', 'backward', 'grad norm', 'Adam'), 0.0)
     for it in range(1, iters + 31):
         t = [time.perf_counter()]
         x, log_det_pre = pre(next(batches)[0])
         t.append(time.perf_counter())
-        loss = (training_loss(net(x), model.has_flow, args.objective) - log_det_pre).mean()
+        with torch.autocast('cpu', dtype=dtype, enabled=dtype is not None):
+            terms = net(x)
+        loss = (training_loss(terms, model.has_flow, args.objective) - log_det_pre).mean()
         t.append(time.perf_counter())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -119,14 +132,45 @@ def mlp_step_flops(args, pixels=784):
     return 6 * args.batch_size * macs - 2 * args.batch_size * pixels * args.hidden_dim
 
 
-def mm_gflops(n=1024, repeats=20):
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def seconds_per_call(fn, repeats):
     for _ in range(3):
-        a @ b
+        fn()
     start = time.perf_counter()
     for _ in range(repeats):
-        a @ b
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def mm_gflops(n=1024, repeats=20, dtype=torch.float32):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n ** 3 / seconds_per_call(lambda: a @ b, repeats) / 1e9
+
+
+def mlp_matmuls_ms(args, dtype=torch.float32, pixels=784, repeats=300):
+    """The MLP step's matrix products alone, back to back: per layer the forward, the weight gradient
+    and (past the first layer) the input gradient, at the step's shapes (mlp_step_flops counts them)."""
+    b = args.batch_size
+    sizes = [([pixels] + [args.hidden_dim] * args.layer + [2 * args.latent_dim]),
+             ([args.latent_dim] + [args.hidden_dim] * args.layer + [pixels])]
+    layers = [(torch.randn(o, i, dtype=dtype), torch.randn(o, dtype=dtype), torch.randn(b, i, dtype=dtype),
+               torch.randn(b, o, dtype=dtype), first and k == 0)
+              for first, dims in zip((True, False), sizes) for k, (i, o) in enumerate(zip(dims, dims[1:]))]
+
+    def products():
+        for weight, bias, inputs, grad, first_layer in layers:
+            torch.addmm(bias, inputs, weight.t())
+            grad.t() @ inputs
+            if not first_layer:
+                grad @ weight
+    return 1e3 * seconds_per_call(products, repeats)
+
+
+def adam_ms(args, build, repeats=300):
+    """One fused Adam step over the model's parameters alone."""
+    model, optimizer = make(args, build, fused=True)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    return 1e3 * seconds_per_call(optimizer.step, repeats)
 
 
 @torch.no_grad()
@@ -154,29 +198,41 @@ def main():
     rows += [(f'dynamic MLP, {k}-16', config(flow=k, amortized=True), mlp) for k in ('planar', 'radial', 'householder', 'nice')]
     rows += [('conv (base_dim 8, scale 2), planar-16', config(flow='planar'), conv)]
     print('\nit/s; ratios to the baseline (the original repo\'s loop)')
-    print(f'{"configuration":<40}{"before":>8}{"now":>8}{"compiled":>10}{"baseline":>10}{"now/base":>10}'
-          f'{"compiled/base":>15}')
+    print(f'{"configuration":<40}{"before":>8}{"now":>8}{"compiled":>10}{"+bf16":>8}{"baseline":>10}'
+          f'{"now/base":>10}{"compiled/base":>15}{"+bf16/base":>12}')
     for name, cfg, build in rows:
         before = ours(cfg, build, images, labels, args.iters, fused=False)
         now = ours(cfg, build, images, labels, args.iters)
         compiled = ours(cfg, build, images, labels, args.iters, compile=True)
+        bf16 = ours(cfg, build, images, labels, args.iters, compile=True, precision='bf16')
         slow = baseline(cfg, build, args.data_dir, args.iters)
-        print(f'{name:<40}{before:>8.1f}{now:>8.1f}{compiled:>10.1f}{slow:>10.1f}{now / slow:>9.1f}x'
-              f'{compiled / slow:>14.1f}x', flush=True)
+        print(f'{name:<40}{before:>8.1f}{now:>8.1f}{compiled:>10.1f}{bf16:>8.1f}{slow:>10.1f}{now / slow:>9.1f}x'
+              f'{compiled / slow:>14.1f}x{bf16 / slow:>11.1f}x', flush=True)
 
     cfg = config(flow='planar')
     flops = mlp_step_flops(cfg)
     limit = mm_gflops()
     print(f'\nstatic MLP planar-16: {flops / 1e6:.0f} MFLOP of matrix products per step; torch.mm '
           f'{limit:.1f} GFLOP/s, a limit of {limit * 1e9 / flops:.0f} it/s')
-    for label, compile in (('now', False), ('compiled', True)):
-        rate = ours(cfg, mlp, images, labels, args.iters, compile=compile)
-        print(f'  {label:<9}{rate:>7.1f} it/s = {rate * flops / 1e9:.1f} GFLOP/s, '
+    for label, compile, precision in (('now', False, 'fp32'), ('compiled', True, 'fp32'),
+                                      ('compiled bf16', True, 'bf16')):
+        rate = ours(cfg, mlp, images, labels, args.iters, compile=compile, precision=precision)
+        print(f'  {label:<14}{rate:>7.1f} it/s = {rate * flops / 1e9:.1f} GFLOP/s, '
               f'{100 * rate * flops / 1e9 / limit:.0f}% of torch.mm')
+    adam = adam_ms(cfg, mlp)
+    print(f'the floor: the fused Adam kernel alone takes {adam:.2f} ms; the step\'s matrix products alone, '
+          'back to back, take:')
+    for dtype in (torch.float32, torch.bfloat16):
+        mm = mlp_matmuls_ms(cfg, dtype)
+        print(f'  {str(dtype)[6:]:<9}{mm:.2f} ms = {flops / mm / 1e6:.1f} GFLOP/s (torch.mm 1024^3 in '
+              f'{str(dtype)[6:]}: {mm_gflops(dtype=dtype):.1f}); with Adam at most {1e3 / (mm + adam):.0f} it/s = '
+              f'{100 * flops / (mm + adam) / 1e6 / limit:.0f}% of the float32 torch.mm')
     print('\nwhere the time goes: ms per step (preprocessing, forward, backward, grad norm, Adam, total)')
-    for label, flow, compile in (('no flow, eager', 'none', False), ('planar-16, eager', 'planar', False),
-                                 ('planar-16, compiled', 'planar', True)):
-        parts = step_parts(config(flow=flow), mlp, images, labels, args.iters, compile)
+    for label, flow, compile, precision in (('no flow, eager', 'none', False, 'fp32'),
+                                            ('planar-16, eager', 'planar', False, 'fp32'),
+                                            ('planar-16, compiled', 'planar', True, 'fp32'),
+                                            ('planar-16, comp. bf16', 'planar', True, 'bf16')):
+        parts = step_parts(config(flow=flow), mlp, images, labels, args.iters, compile, precision)
         print(f'  {label:<22}' + ''.join(f'{v:>7.2f}' for v in parts.values()) + f'{sum(parts.values()):>8.2f}')
     print(f'IW evaluation, K=1000, static MLP planar-16: '
           f'{iw_images_per_second(cfg, mlp, images):.1f} test images/s')

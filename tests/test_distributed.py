@@ -123,7 +123,7 @@ def test_ranks_shards_make_up_the_single_process_batch_and_resume_at_any_world_s
 NOISE = torch.randn(28 * 28, 2, generator=torch.Generator().manual_seed(0))
 STEPS, BATCH = 5, 16   # 40 images: 2 batches per epoch, so the steps cross two epochs
 TRAINING = dict(dataset='mnist', latent_dim=2, length=2, lr=1e-2, momentum=0.9, decay=0.999, objective='elbo',
-                warmup=3, clip_grad=0.0)
+                warmup=3, clip_grad=0.0, precision='fp32')
 MLP_STEPS = {   # static_flow_vae.py's model, static and amortized flows
     'static planar': (static_flow_vae.build_model, dict(hidden_dim=16, layer=1, gate=0, flow='planar', amortized=False)),
     'amortized nice': (static_flow_vae.build_model, dict(hidden_dim=16, layer=1, gate=0, flow='nice', amortized=True)),
@@ -243,7 +243,7 @@ def eval_model(data_root):
 
 def evaluate_small_batches(model, pre, test):
     # 30 test images in ELBO batches of 8 and IW batches of 6: the ranks get unequal shares
-    return utils.evaluate(model, pre, *test, iw_samples=3, batch_size=8, iw_batch=6)
+    return utils.evaluate(model, pre, test[0], iw_samples=3, batch_size=8, iw_batch=6)
 
 
 def _evaluate_worker(rank, world, data_root, out):

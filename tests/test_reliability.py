@@ -443,6 +443,19 @@ def test_device_cuda_is_refused_without_a_gpu(offline, tmp_path, capsys):
     assert not (tmp_path / 'data').exists()
 
 
+@pytest.mark.parametrize('device,bf16', [('mps', True), ('cuda', False)])
+def test_precision_bf16_is_refused_where_the_device_has_no_bfloat16(device, bf16, offline, tmp_path, capsys,
+                                                                     monkeypatch):
+    """Stands in for an MPS device and for a CUDA GPU without bfloat16 (e.g. before Ampere)."""
+    monkeypatch.setattr(utils, 'pick_device', lambda name: torch.device(device))
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: bf16)
+    code = run_script(STATIC, [*MLP, '--precision', 'bf16', '--data_dir', str(tmp_path / 'data'),
+                               '--out_dir', str(tmp_path / 'out')])
+    assert code == 2
+    one_error_line(capsys.readouterr().err, '--precision bf16', device, '--precision fp32')
+    assert not (tmp_path / 'data').exists() and not (tmp_path / 'out').exists()
+
+
 def test_a_batch_larger_than_the_training_set_is_refused(data_root, tmp_path, capsys):
     code = run_script(STATIC, [*MLP, '--batch_size', '1000', '--data_dir', data_root, '--out_dir', str(tmp_path)])
     assert code == 2

@@ -145,3 +145,22 @@ def test_compile_trains_the_same_model(data_root, tmp_path):
     assert b['config']['compile'] == 1
     for key, value in a['model'].items():
         torch.testing.assert_close(b['model'][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize('script', list(SCRIPT_FLAGS))
+def test_precision_bf16_trains_close_to_fp32_and_resumes_in_fp32(script, data_root, tmp_path):
+    """--precision bf16 (the training forward under autocast) ends near the fp32 run from the same start;
+    its test numbers are float32 ones, and the run resumes with --precision fp32."""
+    flags = [*TINY, *SCRIPT_FLAGS[script], '--flow', 'planar', '--data_dir', data_root, '--device', 'cpu']
+    fp32, bf16 = str(tmp_path / 'fp32'), str(tmp_path / 'bf16')
+    assert run_script(script, [*flags, '--out_dir', fp32]) == 0
+    assert run_script(script, [*flags, '--out_dir', bf16, '--precision', 'bf16']) == 0
+    prefix, exact = read_log(fp32)
+    _, low = read_log(bf16)
+    assert low[-1]['test_elbo'] != exact[-1]['test_elbo']
+    assert low[-1]['test_elbo'] == pytest.approx(exact[-1]['test_elbo'], rel=0.01)
+    resume = os.path.join(bf16, 'checkpoints', f'{prefix}.pt')
+    assert torch.load(resume, weights_only=True)['config']['precision'] == 'bf16'
+    assert run_script(script, ['--resume', resume, '--max_iter', '8', '--precision', 'fp32']) == 0
+    _, resumed = read_log(bf16)
+    assert resumed[-1]['final'] and resumed[-1]['iter'] == 8

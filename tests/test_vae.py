@@ -1,12 +1,13 @@
 """The ELBO and the importance-weighted estimator against cases whose answer is known."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn as nn
 
 from flows import build_flow
-from vae import (FlowVAE, elbo, iw_log_likelihood, kl_standard_normal, log_normal_diag,
+from vae import (ElboTerms, FlowVAE, elbo, iw_log_likelihood, kl_standard_normal, log_normal_diag,
                  log_standard_normal, training_loss)
 
 @pytest.fixture(autouse=True, scope='module')
@@ -178,3 +179,38 @@ def test_seed_objective_differs_with_a_flow_and_not_without():
     terms = none(x, eps)
     assert not none.has_flow
     torch.testing.assert_close(training_loss(terms, False, 'seed'), training_loss(terms, False, 'elbo'))
+
+
+@pytest.mark.parametrize('amortized', [False, True])
+def test_under_bf16_autocast_only_the_networks_run_in_bfloat16(amortized, monkeypatch):
+    """--precision bf16 runs the training forward under torch.autocast(bfloat16): the decoder's output is
+    bfloat16, the flow runs with autocast off, and every term comes out float32 and close to the float32
+    model's (same eps)."""
+    import static_flow_vae   # a real MLP encoder and decoder, in float32 (this module's default is float64)
+    args = SimpleNamespace(dataset='mnist', latent_dim=2, hidden_dim=32, layer=1, gate=0, flow='planar',
+                           length=4, amortized=amortized)
+    torch.manual_seed(0)
+    model = static_flow_vae.build_model(args, (1, 28, 28)).float()
+    x = torch.rand(16, 1, 28, 28, dtype=torch.float32).round()
+    eps = torch.randn(16, 2, dtype=torch.float32)
+    seen, decode, flow_forward = {}, model.decode, model.flow.forward
+
+    def spy_decode(z):
+        seen['decoded'] = decode(z).dtype
+        return decode(z)
+
+    def spy_flow(z0, context):
+        seen['flow'] = (z0.dtype, torch.is_autocast_enabled('cpu'))
+        return flow_forward(z0, context)
+
+    monkeypatch.setattr(model, 'decode', spy_decode)
+    monkeypatch.setattr(model.flow, 'forward', spy_flow)
+    exact = model(x, eps)
+    assert seen == {'decoded': torch.float32, 'flow': (torch.float32, False)}
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        low = model(x, eps)
+    assert seen == {'decoded': torch.bfloat16, 'flow': (torch.float32, False)}
+    for name, a, b in zip(ElboTerms._fields, exact, low):
+        assert b.dtype == torch.float32, name
+        torch.testing.assert_close(b, a, rtol=0.02, atol=0.05, msg=name)
+    assert not torch.equal(low.log_px, exact.log_px)   # the decoder did run in bfloat16
