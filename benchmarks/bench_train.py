@@ -1,6 +1,6 @@
 """Training-step speed on real MNIST: our loop beside the original repo's, in one run.
 
-    python benchmarks/bench_train.py [--iters 200] [--data_dir ./data]
+    python benchmarks/bench_train.py [--iters 200] [--repeats 3] [--data_dir ./data]
 
 Ours: the uint8 training set in memory, batches drawn by index and binarized as a batch
 (data_utils.Batches + Preprocessor), then utils.train_step, in four versions side by side: before
@@ -15,6 +15,7 @@ per second at K = 1000).
 """
 import argparse
 import os
+import statistics
 import sys
 import time
 from types import SimpleNamespace
@@ -187,6 +188,8 @@ def iw_images_per_second(args, build, images, k=1000, n=200):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--iters', type=int, default=200, help='timed iterations per configuration (+10 warm-up)')
+    p.add_argument('--repeats', type=int, default=3,
+                   help='measurements of each variant of the static planar-16 step, whose median is reported')
     p.add_argument('--data_dir', default=data_utils.default_data_dir())
     args = p.parse_args()
     images, labels = data_utils.load_split('mnist', args.data_dir, train=True, log=lambda *_: None)
@@ -214,11 +217,16 @@ def main():
     limit = mm_gflops()
     print(f'\nstatic MLP planar-16: {flops / 1e6:.0f} MFLOP of matrix products per step; torch.mm '
           f'{limit:.1f} GFLOP/s, a limit of {limit * 1e9 / flops:.0f} it/s')
-    for label, compile, precision in (('now', False, 'fp32'), ('compiled', True, 'fp32'),
-                                      ('compiled bf16', True, 'bf16')):
-        rate = ours(cfg, mlp, images, labels, args.iters, compile=compile, precision=precision)
-        print(f'  {label:<14}{rate:>7.1f} it/s = {rate * flops / 1e9:.1f} GFLOP/s, '
-              f'{100 * rate * flops / 1e9 / limit:.0f}% of torch.mm')
+    variants = {'now': (False, 'fp32'), 'compiled': (True, 'fp32'), 'compiled bf16': (True, 'bf16')}
+    rates = {label: [] for label in variants}
+    for _ in range(args.repeats):   # interleaved, so that the machine's slow spells fall on every variant
+        for label, (compile, precision) in variants.items():
+            rates[label].append(ours(cfg, mlp, images, labels, args.iters, compile=compile, precision=precision))
+    print(f'  median of {args.repeats} interleaved measurements (range):')
+    for label, measured in rates.items():
+        rate = statistics.median(measured)
+        print(f'  {label:<14}{rate:>7.1f} it/s ({min(measured):.1f}-{max(measured):.1f}) = {rate * flops / 1e9:.1f} '
+              f'GFLOP/s, {100 * rate * flops / 1e9 / limit:.0f}% of torch.mm')
     adam = adam_ms(cfg, mlp)
     print(f'the floor: the fused Adam kernel alone takes {adam:.2f} ms; the step\'s matrix products alone, '
           'back to back, take:')
