@@ -372,6 +372,12 @@ def log_json(path, record):
         f.write(json.dumps(record) + '\n')
 
 
+def precision_autocast(device_type, precision):
+    """The autocast region of the training forward for --precision (autocast off for fp32)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+
+
 def train_step(model, optimizer, params, x, log_det_pre, args, it, net=None):
     """One Adam step on the batch's mean loss; returns (loss, applied).
 
@@ -383,8 +389,7 @@ def train_step(model, optimizer, params, x, log_det_pre, args, it, net=None):
     Checking that is the one host sync per step, the price of never letting a NaN reach the parameters.
     With --precision bf16 the forward runs under torch.autocast (FlowVAE.forward keeps the terms float32).
     """
-    dtype = PRECISIONS[args.precision]
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+    with precision_autocast(x.device.type, args.precision):
         terms = (model if net is None else net)(x)
     beta = warmup_beta(it, args.warmup)
     loss = (training_loss(terms, model.has_flow, args.objective, beta) - log_det_pre).mean()

@@ -96,7 +96,6 @@ def baseline(args, build, data_dir, iters):
 
 def step_parts(args, build, images, labels, iters, compile=False, precision='fp32'):
     """Milliseconds per step spent in each part of utils.train_step (mean over `iters` steps after 30)."""
-    dtype = utils.PRECISIONS[precision]
     model, optimizer = make(args, build, fused=True)
     params = list(model.parameters())
     batches = data_utils.Batches(images, labels, args.batch_size, 'cpu', seed=0)
@@ -107,7 +106,7 @@ def step_parts(args, build, images, labels, iters, compile=False, precision='fp3
         t = [time.perf_counter()]
         x, log_det_pre = pre(next(batches)[0])
         t.append(time.perf_counter())
-        with torch.autocast('cpu', dtype=dtype, enabled=dtype is not None):
+        with utils.precision_autocast('cpu', precision):
             terms = net(x)
         loss = (training_loss(terms, model.has_flow, args.objective) - log_det_pre).mean()
         t.append(time.perf_counter())
@@ -230,10 +229,10 @@ def main():
     adam = adam_ms(cfg, mlp)
     print(f'the floor: the fused Adam kernel alone takes {adam:.2f} ms; the step\'s matrix products alone, '
           'back to back, take:')
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype, mm_rate in ((torch.float32, limit), (torch.bfloat16, mm_gflops(dtype=torch.bfloat16))):
         mm = mlp_matmuls_ms(cfg, dtype)
         print(f'  {str(dtype)[6:]:<9}{mm:.2f} ms = {flops / mm / 1e6:.1f} GFLOP/s (torch.mm 1024^3 in '
-              f'{str(dtype)[6:]}: {mm_gflops(dtype=dtype):.1f}); with Adam at most {1e3 / (mm + adam):.0f} it/s = '
+              f'{str(dtype)[6:]}: {mm_rate:.1f}); with Adam at most {1e3 / (mm + adam):.0f} it/s = '
               f'{100 * flops / (mm + adam) / 1e6 / limit:.0f}% of the float32 torch.mm')
     print('\nwhere the time goes: ms per step (preprocessing, forward, backward, grad norm, Adam, total)')
     for label, flow, compile, precision in (('no flow, eager', 'none', False, 'fp32'),
