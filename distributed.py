@@ -127,6 +127,13 @@ def broadcast_buffers(model):
             dist.broadcast(buffer, 0)
 
 
+def broadcast_state(model):
+    """Give every rank rank 0's parameters and buffers (e.g. after rank 0 alone loaded a checkpoint)."""
+    if active():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)
+
+
 def seed_rank(seed, it):
     """Give ranks > 0 their own random stream for the training noise (binarization, dequantization, flips,
     reparameterization), seeded from (seed, rank, iteration); rank 0 keeps the stream it has, so a single

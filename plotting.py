@@ -43,14 +43,15 @@ def plot_latents(z0, z_k, labels, path, title):
 
 
 def plot_curves(history, path, unit):
-    """Training loss (running mean per logging step) and test -ELBO at each evaluation."""
+    """Training loss (running mean per logging step) and the validation (or test) -ELBO at each evaluation."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     if history['train']:
         ax.plot([h['iter'] for h in history['train']], [h['loss'] for h in history['train']],
                 label='train loss (running mean)')
-    if history['test']:
-        ax.plot([h['iter'] for h in history['test']], [-h['test_elbo'] for h in history['test']],
-                'o-', label='test -ELBO')
+    for split in ('val', 'test'):
+        points = [h for h in history['eval'] if f'{split}_elbo' in h]
+        if points:
+            ax.plot([h['iter'] for h in points], [-h[f'{split}_elbo'] for h in points], 'o-', label=f'{split} -ELBO')
     ax.set(xlabel='iteration', ylabel=unit)
     ax.grid(alpha=0.3)
     ax.legend()

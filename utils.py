@@ -28,16 +28,21 @@ from flows import FLOW_KINDS
 from vae import OBJECTIVES, elbo, iw_log_likelihood, training_loss
 
 TEST_BINARIZATION_SEED = 0   # the binarized MNIST test set is drawn once, the same for every run
+VAL_BINARIZATION_SEED = 1    # and so is the validation set (the last --val_size training images)
 EVAL_SEED = 1234             # noise of test-time evaluation (reparameterization, dequantization)
 EVAL_BATCH = 500             # test images per ELBO batch
 IW_BATCH = 100               # test images per importance-weighted batch (their K samples are chunked)
 # flags that may change when a run is resumed; every other flag defines the run and comes from the checkpoint
 RESUMABLE = {'resume', 'eval_only', 'max_iter', 'out_dir', 'data_dir', 'device', 'log_every',
              'sample_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'lr', 'clip_grad',
-             'sample_size', 'sync_bn', 'compile', 'precision'}
+             'sample_size', 'sync_bn', 'compile', 'precision', 'eval_every'}
+LR_SCHEDULES = ('none', 'cosine')
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16}   # --precision: the autocast dtype of the training forward
 FUSED_ADAM_DEVICES = ('cpu', 'cuda')   # where torch has a fused Adam kernel: one kernel for all parameters
 OUTPUT_DIRS = ('samples', 'reconstructions', 'plots', 'checkpoints', 'logs')
+# what a checkpoint keeps of the run besides the model: losses, skipped steps, the best validation ELBO so far
+# (its iteration and the evaluations since), whether the run stopped early, and the wall time spent training
+RUN_STATE = ('history', 'skipped', 'best', 'stopped_early', 'wall_seconds')
 
 
 class UsageError(Exception):
@@ -84,6 +89,9 @@ def base_parser(description, latent_dim, max_iter):
     p.add_argument('--decay', type=float, default=0.999, help='Adam beta2')
     p.add_argument('--clip_grad', type=float, default=0.0,
                    help='clip the gradient norm to this value (0: no clipping)')
+    p.add_argument('--lr_schedule', default='none', choices=LR_SCHEDULES,
+                   help='cosine: the learning rate falls from --lr to 0 over --max_iter iterations '
+                        '(half a cosine, Loshchilov & Hutter 2017); none: constant')
     p.add_argument('--max_bad_steps', type=int, default=10,
                    help='stop after this many consecutive non-finite steps (each one is skipped)')
     p.add_argument('--seed', type=int, default=0, help='random seed')
@@ -91,8 +99,16 @@ def base_parser(description, latent_dim, max_iter):
                    help='auto picks CUDA, then MPS, then the CPU')
     p.add_argument('--out_dir', default='.', help='where samples/, plots/, checkpoints/, ... go')
     p.add_argument('--log_every', type=int, default=100, help='log the running loss every N iterations')
-    p.add_argument('--sample_every', type=int, default=1000,
-                   help='save samples and reconstructions and compute the test ELBO every N iterations')
+    p.add_argument('--sample_every', type=int, default=1000, help='save samples and reconstructions every N iterations')
+    p.add_argument('--val_size', type=int, default=0,
+                   help='hold out the last N training images (the same whatever --seed) as a validation set; '
+                        'then the periodic evaluation uses them, the best model is kept and the test set is '
+                        'touched only by the final evaluation')
+    p.add_argument('--eval_every', type=int, default=1000,
+                   help='compute the validation ELBO (the test ELBO with --val_size 0) every N iterations')
+    p.add_argument('--patience', type=int, default=0,
+                   help='with --val_size: stop after this many evaluations without a better validation ELBO '
+                        '(0: never stop early)')
     p.add_argument('--ckpt_every', type=int, default=1000, help='save a checkpoint every N iterations')
     p.add_argument('--resume', default=None, metavar='PATH', help='continue from this checkpoint')
     p.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
@@ -139,9 +155,10 @@ def run_prefix(args, arch):
 
 def check_args(args, image_shape):
     """Refuse flag values that cannot work together, before any data is touched."""
-    for flag in ('batch_size', 'latent_dim', 'max_iter', 'sample_size', 'log_every',
-                 'sample_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'length', 'warmup'):
-        low = 0 if flag in ('max_iter', 'length', 'warmup', 'iw_samples') else 1
+    for flag in ('batch_size', 'latent_dim', 'max_iter', 'sample_size', 'log_every', 'sample_every',
+                 'eval_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'length', 'warmup', 'val_size',
+                 'patience'):
+        low = 0 if flag in ('max_iter', 'length', 'warmup', 'iw_samples', 'val_size', 'patience') else 1
         if getattr(args, flag) < low:
             raise UsageError(f'--{flag} {getattr(args, flag)} is invalid: it must be >= {low}')
     if args.flow != 'none' and args.length == 0:
@@ -152,6 +169,9 @@ def check_args(args, image_shape):
         raise UsageError(f'--lr {args.lr:g} must be finite and > 0 and --clip_grad {args.clip_grad:g} >= 0')
     if not (0 <= args.momentum < 1 and 0 <= args.decay < 1):
         raise UsageError(f'--momentum {args.momentum:g} and --decay {args.decay:g} (Adam betas) must be in [0, 1)')
+    if args.patience and not args.val_size:
+        raise UsageError(f'--patience {args.patience} needs a validation set: give --val_size N '
+                         '(stopping early on the test set would select the model on it)')
     if args.eval_only and not args.resume:
         raise UsageError('--eval_only needs --resume PATH: there is no trained model to evaluate')
 
@@ -277,8 +297,8 @@ def seed_batch(phase, start):
 
 
 @torch.no_grad()
-def evaluate(model, pre, images, iw_samples=0, batch_size=EVAL_BATCH, iw_batch=IW_BATCH):
-    """Test-set ELBO (and IW log-likelihood when iw_samples > 0), in nats per example.
+def evaluate(model, pre, images, iw_samples=0, split='test', batch_size=EVAL_BATCH, iw_batch=IW_BATCH):
+    """ELBO (and IW log-likelihood when iw_samples > 0) of `images`, in nats per example, as '{split}_elbo', ....
 
     For 8-bit data the logit and dequantization Jacobians are included, so the numbers are bounds
     on the log-density of the dequantized pixels in [0, 256)^D, and bits/dim follow from them.
@@ -301,12 +321,12 @@ def evaluate(model, pre, images, iw_samples=0, batch_size=EVAL_BATCH, iw_batch=I
     model.train()
     elbo_sum, iw_sum = distributed.sum_floats([elbo_sum, iw_sum])
     n, dims = images.shape[0], images[0].numel()
-    metrics = {'test_elbo': elbo_sum / n}
+    metrics = {f'{split}_elbo': elbo_sum / n}
     if iw_samples:
-        metrics.update(test_log_px_iw=iw_sum / n, iw_samples=iw_samples)
+        metrics.update({f'{split}_log_px_iw': iw_sum / n, 'iw_samples': iw_samples})
     if not pre.binary:
-        metrics.update({key.replace('test_', 'test_bpd_'): bits_per_dim(value, dims)
-                        for key, value in list(metrics.items()) if key.startswith('test_')})
+        metrics.update({key.replace(f'{split}_', f'{split}_bpd_'): bits_per_dim(value, dims)
+                        for key, value in list(metrics.items()) if key.startswith(f'{split}_')})
     return metrics
 
 
@@ -367,6 +387,23 @@ class StopRequest:
             signal.signal(s, handler)
 
 
+def device_name(device):
+    """The device in words: the GPU's name, or the CPU's model."""
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    if device.type == 'cpu' and os.path.exists('/proc/cpuinfo'):
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+        return f'{names[0]} ({os.cpu_count()} cores)' if names else 'cpu'
+    return device.type
+
+
+def write_json(path, obj):
+    with open(path, 'w') as f:
+        json.dump(obj, f, indent=1)
+        f.write('\n')
+
+
 def log_json(path, record):
     with open(path, 'a') as f:
         f.write(json.dumps(record) + '\n')
@@ -406,37 +443,54 @@ def train_step(model, optimizer, params, x, log_det_pre, args, it, net=None):
     return loss, applied
 
 
-def train(args, model, optimizer, batches, pre, test, state, paths, prefix, script):
+def learning_rate(it, args):
+    """--lr, or with --lr_schedule cosine lr * (1 + cos(pi * (it - 1) / max_iter)) / 2 at step `it` (1-based)."""
+    if args.lr_schedule == 'none':
+        return args.lr
+    return 0.5 * args.lr * (1 + math.cos(math.pi * (it - 1) / args.max_iter))
+
+
+def train(args, model, optimizer, batches, pre, monitor, state, paths, prefix, script):
     """The training loop: one flat loop with `if it % every == 0` blocks. Returns the stop signal or None.
 
-    Distributed, every rank runs it (the training forward through the DDP wrapper `net`, evaluation
-    split over the ranks) and only rank 0 writes logs, pictures and checkpoints.
+    `monitor` is (images, split): the validation images ('val'), or the test images ('test') when there is
+    no validation set. Every --eval_every iterations their ELBO is computed; with a validation set the best
+    model so far is saved to checkpoints/<prefix>_best.pt and --patience evaluations without a better one
+    stop the run. Distributed, every rank runs it (the training forward through the DDP wrapper `net`,
+    evaluation split over the ranks) and only rank 0 writes logs, pictures and checkpoints.
     """
     ckpt_path = os.path.join(paths['checkpoints'], f'{prefix}.pt')
+    best_path = os.path.join(paths['checkpoints'], f'{prefix}_best.pt')
+    images, split = monitor
     log_path = os.path.join(paths['logs'], f'{prefix}.jsonl')
     params = [p for p in model.parameters() if p.requires_grad]
-    dims = test[0][0].numel()
+    dims = images[0].numel()
     net, main = distributed.wrap(model), distributed.is_main()
     if args.compile:
         torch._inductor.config.fallback_random = True   # draw eps from torch's generator, as in eager mode
         net = torch.compile(net)
 
-    def checkpoint(it):
+    t_start, wall_before = time.perf_counter(), state['wall_seconds']
+
+    def checkpoint(it, path=ckpt_path):
         state['iter'] = it
+        state['wall_seconds'] = wall_before + time.perf_counter() - t_start
         rng = {'cpu': torch.get_rng_state(),
                'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         return save_checkpoint({
             'script': script, 'config': vars(args), 'iter': it, 'model': model.state_dict(),
             'optimizer': optimizer.state_dict(), 'batches': batches.state_dict(), 'rng': rng,
-            'history': state['history'], 'skipped': state['skipped']}, ckpt_path)
+            **{key: state[key] for key in RUN_STATE}}, path)
 
     it, bad = state['iter'], 0
-    running, n_running = torch.zeros((), device=test[0].device), 0
+    running, n_running = torch.zeros((), device=images.device), 0
     t_last, it_last, t_other = time.perf_counter(), it, 0.0   # t_other: time spent outside training steps
     bar = tqdm(total=args.max_iter, initial=it, disable=None if main else True, dynamic_ncols=True, desc=prefix)
     with StopRequest() as stop:
-        while not stop.requested() and it < args.max_iter:   # asked first: after the last step too
+        while not stop.requested() and it < args.max_iter and not state['stopped_early']:   # asked first
             it += 1
+            for group in optimizer.param_groups:
+                group['lr'] = learning_rate(it, args)
             x, log_det_pre = pre(next(batches)[0], train=True)
             loss, applied = train_step(model, optimizer, params, x, log_det_pre, args, it, net)
             if applied:
@@ -469,13 +523,24 @@ def train(args, model, optimizer, batches, pre, test, state, paths, prefix, scri
                 running.zero_()
                 n_running, t_last, it_last, t_other = 0, now, it, 0.0
             t_start = time.perf_counter()
-            if it % args.sample_every == 0 or it == args.max_iter:
-                record = {'iter': it, **evaluate(model, pre, test[0])}   # every rank: it is split over them
-                state['history']['test'].append(record)
+            if it % args.eval_every == 0 or it == args.max_iter:
+                record = {'iter': it, **evaluate(model, pre, images, split=split)}   # every rank: split over them
+                state['history']['eval'].append(record)
+                if split == 'val':
+                    best = state['best']
+                    if best is None or record['val_elbo'] > best['val_elbo']:
+                        state['best'] = {'iter': it, 'val_elbo': record['val_elbo'], 'evals_since': 0}
+                        if main:
+                            checkpoint(it, best_path)
+                    else:
+                        best['evals_since'] += 1
+                        state['stopped_early'] = 0 < args.patience <= best['evals_since']
+                    record['best_iter'] = state['best']['iter']
                 if main:
-                    save_pictures(model, pre, test[0], args, paths, prefix, it)
                     log_json(log_path, record)
-            if (it % args.ckpt_every == 0 or it == args.max_iter) and bad == 0 and main:
+            if (it % args.sample_every == 0 or it == args.max_iter) and main:
+                save_pictures(model, pre, images, args, paths, prefix, it)
+            if (it % args.ckpt_every == 0 or it == args.max_iter or state['stopped_early']) and bad == 0 and main:
                 checkpoint(it)   # not during a non-finite streak: keep the last good checkpoint on disk
             t_other += time.perf_counter() - t_start
         bar.close()
@@ -488,6 +553,9 @@ def train(args, model, optimizer, batches, pre, test, state, paths, prefix, scri
                       f'Resume with: python {script} --resume {shlex.quote(ckpt_path)}', file=sys.stderr)
             return stop.signum
     state['iter'] = it
+    if state['stopped_early'] and main:
+        print(f"stopped early at iteration {it}: the validation ELBO has not improved for {args.patience} "
+              f"evaluations since iteration {state['best']['iter']}", file=sys.stderr)
     return None
 
 
@@ -544,7 +612,8 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
     model = build_model(args, image_shape).to(device)
     fused = device.type in FUSED_ADAM_DEVICES
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay), fused=fused)
-    state = {'iter': 0, 'skipped': 0, 'history': {'train': [], 'test': []}}
+    state = {'iter': 0, 'skipped': 0, 'history': {'train': [], 'eval': []}, 'best': None, 'stopped_early': False,
+             'wall_seconds': 0.0}
     if ckpt:
         try:
             model.load_state_dict(ckpt['model'])
@@ -553,15 +622,21 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
             raise UsageError(f'{args.resume} does not match this model: {str(e).splitlines()[0]}') from None
         for group in optimizer.param_groups:
             group.update(lr=args.lr, fused=fused)   # a checkpoint from another device may say otherwise
-        state.update(iter=ckpt['iter'], skipped=ckpt.get('skipped', 0),
-                     history=ckpt.get('history', state['history']))
+        state.update({key: ckpt[key] for key in ('iter', *RUN_STATE) if key in ckpt})
 
     log = print if main else lambda *_: None
     train_images, train_labels = data_utils.load_split(args.dataset, args.data_dir, train=True, log=log)
     test_images, test_labels = data_utils.load_split(args.dataset, args.data_dir, train=False,
                                                      log=lambda *_: None)   # the same fetch: said once
+    if args.val_size >= len(train_images):
+        raise UsageError(f'--val_size {args.val_size} leaves no training images: {args.dataset} has '
+                         f'{len(train_images)}; use fewer')
+    n_train = len(train_images) - args.val_size   # the last --val_size images are the validation set
+    val_images, val_labels = train_images[n_train:], train_labels[n_train:]
+    train_images, train_labels = train_images[:n_train], train_labels[:n_train]
     if data_utils.is_binary(args.dataset) and args.binarize != 'none':
         test_images = data_utils.static_binarize(test_images, TEST_BINARIZATION_SEED)
+        val_images = data_utils.static_binarize(val_images, VAL_BINARIZATION_SEED)
         if args.binarize == 'static':
             train_images = data_utils.static_binarize(train_images, args.seed)
     pre = data_utils.Preprocessor(args.dataset, binarize=args.binarize, flip=args.flip)
@@ -571,6 +646,7 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
     batches = data_utils.Batches(train_images, train_labels, args.batch_size, device, args.seed,
                                  distributed.rank(), world)
     test = (test_images.to(device), test_labels.to(device))
+    monitor = (val_images.to(device), 'val') if args.val_size else (test[0], 'test')
     if ckpt:
         batches.load_state_dict(ckpt['batches'])
         torch.set_rng_state(ckpt['rng']['cpu'])
@@ -579,28 +655,49 @@ def run(args, parser, argv, script, build_model, arch, check_script_args):
     distributed.seed_rank(args.seed, state['iter'])
 
     if not args.eval_only:
-        signum = train(args, model, optimizer, batches, pre, test, state, paths, prefix, script)
+        signum = train(args, model, optimizer, batches, pre, monitor, state, paths, prefix, script)
         if signum is not None:
             return 128 + signum
-    finish(args, model, pre, test, state, paths, prefix)
+    finish(args, model, pre, test, state, paths, prefix, script)
     return 0
 
 
-def finish(args, model, pre, test, state, paths, prefix):
-    """Final test-set evaluation, latent plot and curves; the table is printed and logged (by rank 0)."""
+def finish(args, model, pre, test, state, paths, prefix, script):
+    """Final test-set evaluation, latent plot and curves; the table is printed and logged (by rank 0).
+
+    With a validation set the model evaluated is the best one (checkpoints/<prefix>_best.pt); the last
+    iterate's test ELBO is logged beside it as last_test_elbo.
+    """
+    best = {}
+    if state['best'] is not None:
+        last = evaluate(model, pre, test[0])['test_elbo']
+        best_path = os.path.join(paths['checkpoints'], f'{prefix}_best.pt')
+        if distributed.is_main():
+            model.load_state_dict(load_checkpoint(best_path, script)['model'])
+        distributed.broadcast_state(model)
+        best = {'best_iter': state['best']['iter'], 'best_val_elbo': state['best']['val_elbo'],
+                'last_test_elbo': last, 'stopped_early': state['stopped_early']}
     metrics = evaluate(model, pre, test[0], iw_samples=args.iw_samples)   # every rank: it is split over them
     if not distributed.is_main():
         return
-    record = {'iter': state['iter'], 'final': True, 'skipped': state['skipped'], **metrics}
+    record = {'iter': state['iter'], 'final': True, 'skipped': state['skipped'], **best, **metrics}
     log_json(os.path.join(paths['logs'], f'{prefix}.jsonl'), record)
+    train_its = [r['its_per_s'] for r in state['history']['train']]
+    write_json(os.path.join(paths['logs'], f'{prefix}_summary.json'), {
+        'script': script, 'config': vars(args), **record, 'wall_seconds': state['wall_seconds'],
+        'its_per_s': sorted(train_its)[len(train_its) // 2] if train_its else None,
+        'device': device_name(test[0].device), 'threads': torch.get_num_threads(), 'torch': torch.__version__})
     unit = 'nats' if pre.binary else 'bits/dim'
     plotting.plot_curves(state['history'], os.path.join(paths['plots'], f'{prefix}_curves.png'), 'nats')
     if args.latent_dim == 2:
         save_latent_plot(model, pre, *test, os.path.join(paths['plots'], f'{prefix}_latent.png'), prefix)
-    print(f'\ntest set ({test[0].shape[0]} images), iteration {state["iter"]}, {prefix}')
+    which = f'the best model (iteration {best["best_iter"]} of {state["iter"]})' if best else f'iteration {state["iter"]}'
+    print(f'\ntest set ({test[0].shape[0]} images), {which}, {prefix}')
     print(f'  {"ELBO":<28}{metrics["test_elbo"]:>12.3f} nats')
     if args.iw_samples:
         print(f'  {"log p(x), IW K=" + str(args.iw_samples):<28}{metrics["test_log_px_iw"]:>12.3f} nats')
+    if best:
+        print(f'  {"ELBO of the last iterate":<28}{best["last_test_elbo"]:>12.3f} nats')
     if unit == 'bits/dim':
         print(f'  {"-ELBO":<28}{metrics["test_bpd_elbo"]:>12.4f} bits/dim')
         if args.iw_samples:

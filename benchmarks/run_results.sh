@@ -9,6 +9,14 @@
 #            ITERS iterations with KL warm-up over the first fifth; K = 5000
 #   fashion  Fashion-MNIST in bits/dim, the mnist40 MLP and the conv VAE (its defaults), none and
 #            planar; K = 1000 (MLP) and K_CONV (conv)
+#   mnist40_full  the full-budget protocol: MNIST with the last 10,000 training images for validation,
+#            --latent_dim 40, MLP 2x400, flows of length 16, KL warm-up over 10,000 iterations, at most
+#            1,000 epochs (390,000 iterations) with a cosine learning rate, the validation ELBO every 5 epochs,
+#            stopping after 10 evaluations (50 epochs) without a better one; the best model is evaluated
+#            with K = 5000. Runs: none and amortized planar with seeds 0, 1, 2, then the other amortized
+#            and static flows with seed 0. A run folder that has a checkpoint is resumed, not restarted.
+#   lr_schedule  the check behind the cosine schedule: the plain VAE of mnist40_full, 20,000 iterations,
+#            constant and cosine learning rate, validation ELBO only
 #
 # Environment [default]: OUT [results] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...};
 # ITERS [5000, as in the README]; FLOWS [none planar radial householder nice] (fashion: none planar);
@@ -29,19 +37,26 @@ EVAL_DEVICE=${EVAL_DEVICE:-auto}
 sections=("$@")
 ((${#sections[@]})) || sections=(latent2 seed2 mnist40 fashion)
 
-# one run: SECTION NAME SCRIPT DEVICE K FLAG... -> OUT/SECTION/NAME
+last_checkpoint() {   # the run's checkpoint (not its best model's), if it has one
+  find "$1/checkpoints" -name '*.pt' ! -name '*_best.pt' 2>/dev/null | head -n 1
+}
+
+# one run: SECTION NAME SCRIPT DEVICE K FLAG... -> OUT/SECTION/NAME; a run that has a checkpoint is resumed
 run() {
   local section=$1 name=$2 script=$3 device=$4 k=$5
   shift 5
-  local dir="$OUT/$section/$name" code=0
+  local dir="$OUT/$section/$name" code=0 ckpt
   mkdir -p "$dir"
-  OMP_NUM_THREADS=1 python "$script" "$@" --device "$device" --iw_samples 0 --out_dir "$dir" \
-    > "$dir/train.out" 2>&1 || code=$?
+  ckpt=$(last_checkpoint "$dir")
+  if [[ -n $ckpt ]]; then set -- --resume "$ckpt"; fi
+  OMP_NUM_THREADS=1 nice python "$script" "$@" --device "$device" --iw_samples 0 --out_dir "$dir" \
+    >> "$dir/train.out" 2>&1 || code=$?
   if [[ $code -ne 0 && $code -ne 143 ]]; then   # 143: stopped by SIGTERM, checkpoint saved
     echo "$section/$name: training failed (exit $code): $(tail -n 1 "$dir/train.out")" >&2
     return 0
   fi
-  OMP_NUM_THREADS=1 python "$script" --resume "$dir"/checkpoints/*.pt --eval_only --device "$EVAL_DEVICE" \
+  ((k)) || { echo "$section/$name: done" >&2; return 0; }
+  OMP_NUM_THREADS=1 nice python "$script" --resume "$(last_checkpoint "$dir")" --eval_only --device "$EVAL_DEVICE" \
     --iw_samples "$k" > "$dir/eval.out" 2>&1 \
     || echo "$section/$name: evaluation failed: $(tail -n 1 "$dir/eval.out")" >&2
   echo "$section/$name: done" >&2
@@ -88,7 +103,32 @@ for section in "${sections[@]}"; do
         launch fashion "mlp_static_$flow" static_flow_vae.py "$TRAIN_DEVICE" 1000 --dataset fashion-mnist \
           "${mlp40[@]}" --flow "$flow"
       done ;;
-    *) echo "unknown section $section: choose from latent2 seed2 mnist40 fashion" >&2; exit 2 ;;
+    mnist40_full)
+      full=(--latent_dim 40 --layer 2 --hidden_dim 400 --length 16 --warmup 10000 --val_size 10000
+            --max_iter 390000 --lr_schedule cosine --eval_every 1950 --patience 10
+            --log_every 390 --ckpt_every 1950 --sample_every 39000 --compile 1 --precision bf16)
+      for seed in 0 1 2; do
+        launch mnist40_full "mlp_static_none_seed$seed" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
+          --flow none --seed "$seed"
+        launch mnist40_full "mlp_amortized_planar_seed$seed" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
+          --flow planar --seed "$seed"
+      done
+      for flow in radial householder nice; do
+        launch mnist40_full "mlp_amortized_${flow}_seed0" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
+          --flow "$flow" --seed 0
+      done
+      for flow in planar radial householder nice; do
+        launch mnist40_full "mlp_static_${flow}_seed0" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
+          --flow "$flow" --seed 0
+      done ;;
+    lr_schedule)
+      for schedule in none cosine; do
+        launch lr_schedule "mlp_static_none_$schedule" static_flow_vae.py "$TRAIN_DEVICE" 0 \
+          --latent_dim 40 --length 16 --max_iter 20000 --warmup 2000 --val_size 10000 --eval_every 1950 \
+          --log_every 390 --sample_every 20000 --compile 1 --precision bf16 --lr_schedule "$schedule"
+      done ;;
+    *) echo "unknown section $section: choose from latent2 seed2 mnist40 fashion mnist40_full lr_schedule" >&2
+       exit 2 ;;
   esac
 done
 wait

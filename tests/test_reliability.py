@@ -414,6 +414,10 @@ BAD_FLAGS = [   # (script, flags, what the one line must say); {file} is a regul
     (STATIC, ['--clip_grad', 'nan'], ['--clip_grad nan']),
     (STATIC, ['--momentum', '1.5'], ['--momentum 1.5']),
     (STATIC, ['--decay', '-0.1'], ['--decay -0.1']),
+    (STATIC, ['--val_size', '-1'], ['--val_size -1']),
+    (STATIC, ['--eval_every', '0'], ['--eval_every 0']),
+    (STATIC, ['--patience', '3'], ['--patience 3', '--val_size']),
+    (STATIC, ['--lr_schedule', 'linear'], ['--lr_schedule', "invalid choice: 'linear'"]),
 ]
 
 

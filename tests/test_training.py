@@ -1,16 +1,21 @@
-"""The three scripts end to end on tiny synthetic data: outputs, metrics, resume."""
+"""The three scripts end to end on tiny synthetic data: outputs, metrics, resume, the validation split and
+early stopping."""
+import argparse
 import math
 import os
+import shutil
 
 import pytest
 import torch
 from PIL import Image
 
+import data_utils
+import utils
 from scripts import read_log, run_script
 from synthetic_data import write_dataset
 
 TINY = ['--max_iter', '6', '--batch_size', '8', '--latent_dim', '2', '--length', '2', '--log_every', '2',
-        '--sample_every', '3', '--ckpt_every', '3', '--iw_samples', '4', '--sample_size', '4']
+        '--sample_every', '3', '--eval_every', '3', '--ckpt_every', '3', '--iw_samples', '4', '--sample_size', '4']
 SCRIPT_FLAGS = {
     'static_flow_vae.py': ['--layer', '1', '--hidden_dim', '16'],
     'dynamic_flow_vae.py': ['--layer', '1', '--hidden_dim', '16'],
@@ -87,20 +92,24 @@ def test_resume_continues_exactly(script, kind, data_root, tmp_path):
     """N iterations, then --resume for N more, gives the parameters of 2N in one go."""
     flags = [*SCRIPT_FLAGS[script], '--flow', kind, '--data_dir', data_root, '--device', 'cpu',
              '--batch_size', '8', '--latent_dim', '2', '--length', '2', '--iw_samples', '2',
-             '--sample_every', '4', '--ckpt_every', '4', '--log_every', '2', '--warmup', '5']
+             '--sample_every', '4', '--ckpt_every', '4', '--log_every', '2', '--warmup', '5',
+             '--val_size', '16', '--eval_every', '1', '--patience', '100']
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
     assert run_script(script, [*flags, '--max_iter', '8', '--out_dir', straight]) == 0
     assert run_script(script, [*flags, '--max_iter', '4', '--out_dir', split]) == 0
-    (ckpt,) = os.listdir(os.path.join(split, 'checkpoints'))
-    resume = os.path.join(split, 'checkpoints', ckpt)
+    prefix, _ = read_log(split)
+    resume = os.path.join(split, 'checkpoints', f'{prefix}.pt')
     assert run_script(script, ['--resume', resume, '--max_iter', '8', '--data_dir', data_root,
                                '--out_dir', split, '--iw_samples', '2']) == 0
 
-    a = torch.load(os.path.join(straight, 'checkpoints', ckpt), weights_only=True)
-    b = torch.load(resume, weights_only=True)
-    assert a['iter'] == b['iter'] == 8
-    for key, value in a['model'].items():
-        torch.testing.assert_close(b['model'][key], value, rtol=0, atol=0, msg=key)
+    for name in (f'{prefix}_best.pt', f'{prefix}.pt'):   # the best and the last model, and the early-stopping state
+        a = torch.load(os.path.join(straight, 'checkpoints', name), weights_only=True)
+        b = torch.load(os.path.join(split, 'checkpoints', name), weights_only=True)
+        assert a['iter'] == b['iter'] and a['best'] == b['best'] and a['stopped_early'] == b['stopped_early']
+        for key, value in a['model'].items():
+            torch.testing.assert_close(b['model'][key], value, rtol=0, atol=0, msg=f'{name}: {key}')
+    assert a['iter'] == 8
+    assert read_log(straight)[1][-1] == read_log(split)[1][-1]   # the final record, best iteration included
 
 
 def test_eval_only_reproduces_the_final_metrics(data_root, tmp_path):
@@ -164,3 +173,108 @@ def test_precision_bf16_trains_close_to_fp32_and_resumes_in_fp32(script, data_ro
     assert run_script(script, ['--resume', resume, '--max_iter', '8', '--precision', 'fp32']) == 0
     _, resumed = read_log(bf16)
     assert resumed[-1]['final'] and resumed[-1]['iter'] == 8
+
+
+# ---- the validation split, the best model and early stopping -----------------------------------------
+
+VAL = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--val_size', '16']
+
+
+def spy_on_evaluate(monkeypatch, val_elbos=None):
+    """Record (split, images) of every evaluate call; with val_elbos, the validation ELBOs are those values."""
+    calls, real, values = [], utils.evaluate, iter(val_elbos or [])
+
+    def evaluate(model, pre, images, iw_samples=0, split='test', **kw):
+        calls.append((split, images.clone()))
+        metrics = real(model, pre, images, iw_samples, split, **kw)
+        if split == 'val' and val_elbos is not None:
+            metrics['val_elbo'] = next(values)
+        return metrics
+    monkeypatch.setattr(utils, 'evaluate', evaluate)
+    return calls
+
+
+def test_the_validation_split_is_the_last_images_and_the_test_set_waits_for_the_end(data_root, tmp_path,
+                                                                                   monkeypatch):
+    """--val_size N holds out the last N training images, the same for every seed; training never sees them,
+    the periodic evaluation uses them alone, and the test set is evaluated only after training."""
+    images, _ = data_utils.load_split('mnist', data_root, train=True)
+    real_batches, trained_on = data_utils.Batches, []
+
+    def batches(images, *args, **kwargs):
+        trained_on.append(images)
+        return real_batches(images, *args, **kwargs)
+    monkeypatch.setattr(data_utils, 'Batches', batches)
+    seen = {}
+    for seed in (0, 1):
+        calls = spy_on_evaluate(monkeypatch)
+        out = str(tmp_path / f'seed{seed}')
+        assert run_script('static_flow_vae.py', [*VAL, '--seed', str(seed), '--data_dir', data_root,
+                                                 '--out_dir', out]) == 0
+        # iterations 3 and 6 on the validation set; then the test set twice: the last and the best model
+        assert [split for split, _ in calls] == ['val', 'val', 'test', 'test']
+        assert torch.equal(trained_on[-1], images[:-16])
+        seen[seed] = calls[0][1]
+        # the last 16 images, binarized once with a fixed seed: 0 where the grey level is 0, 255 where it is 255
+        assert seen[seed].shape == images[-16:].shape and set(seen[seed].unique().tolist()) <= {0, 255}
+        assert (seen[seed][images[-16:] == 0] == 0).all() and (seen[seed][images[-16:] == 255] == 255).all()
+    assert torch.equal(seen[0], seen[1])
+
+
+def test_patience_stops_the_run_and_the_best_checkpoint_is_evaluated(data_root, tmp_path, monkeypatch):
+    """Validation ELBOs that peak at the 2nd evaluation: with --patience 2 the run stops after the 4th, the
+    final test numbers are those of checkpoints/<prefix>_best.pt (iteration 2), and the last iterate's test
+    ELBO is logged beside them."""
+    calls = spy_on_evaluate(monkeypatch, val_elbos=[-10.0, -5.0, -7.0, -6.0, -1.0])
+    out = str(tmp_path)
+    assert run_script('static_flow_vae.py', [*VAL, '--max_iter', '20', '--eval_every', '1', '--patience', '2',
+                                             '--data_dir', data_root, '--out_dir', out]) == 0
+    prefix, records = read_log(out)
+    final = records[-1]
+    assert [r['iter'] for r in records if 'val_elbo' in r] == [1, 2, 3, 4]
+    assert final['iter'] == 4 and final['best_iter'] == 2 and final['best_val_elbo'] == -5.0
+    assert final['stopped_early'] is True
+    best = torch.load(os.path.join(out, 'checkpoints', f'{prefix}_best.pt'), weights_only=True)
+    last = torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
+    assert best['iter'] == 2 and last['iter'] == 4 and last['stopped_early']
+    # the final numbers, recomputed from each checkpoint by --eval_only on a copy of the run
+    monkeypatch.undo()
+    for name, key in ((f'{prefix}_best.pt', 'test_elbo'), (f'{prefix}.pt', 'last_test_elbo')):
+        copy = tmp_path / f'copy_{key}'
+        shutil.copytree(out, copy)
+        if name != f'{prefix}_best.pt':   # make the last model the one --eval_only takes for the best
+            shutil.copyfile(copy / 'checkpoints' / name, copy / 'checkpoints' / f'{prefix}_best.pt')
+        assert run_script('static_flow_vae.py', ['--resume', str(copy / 'checkpoints' / f'{prefix}.pt'),
+                                                 '--eval_only', '--out_dir', str(copy)]) == 0
+        assert read_log(str(copy))[1][-1]['test_elbo'] == pytest.approx(final[key], abs=1e-9)
+    # a resumed run that stopped early stays stopped: it evaluates, it does not train
+    assert run_script('static_flow_vae.py', ['--resume', os.path.join(out, 'checkpoints', f'{prefix}.pt'),
+                                             '--max_iter', '30']) == 0
+    assert read_log(out)[1][-1]['iter'] == 4
+
+
+def test_a_validation_set_as_large_as_the_training_split_is_refused(data_root, tmp_path, capsys):
+    assert run_script('static_flow_vae.py', [*VAL[:-2], '--val_size', '64', '--data_dir', data_root,
+                                             '--out_dir', str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert '--val_size 64' in line and '64' in line
+
+
+def test_cosine_schedule_sets_the_learning_rate_of_every_step():
+    args = argparse.Namespace(lr=1e-3, lr_schedule='cosine', max_iter=10)
+    assert utils.learning_rate(1, args) == pytest.approx(1e-3)
+    assert utils.learning_rate(6, args) == pytest.approx(0.5e-3)
+    assert utils.learning_rate(11, args) == pytest.approx(0.0, abs=1e-15)
+    lrs = [utils.learning_rate(it, args) for it in range(1, 11)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert utils.learning_rate(7, argparse.Namespace(lr=1e-3, lr_schedule='none', max_iter=10)) == 1e-3
+
+
+def test_a_cosine_run_ends_at_the_scheduled_learning_rate(data_root, tmp_path):
+    out = str(tmp_path)
+    assert run_script('static_flow_vae.py', [*VAL, '--lr_schedule', 'cosine', '--data_dir', data_root,
+                                             '--out_dir', out]) == 0
+    prefix, _ = read_log(out)
+    ckpt = torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
+    expected = utils.learning_rate(6, argparse.Namespace(lr=1e-3, lr_schedule='cosine', max_iter=6))
+    assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(expected) and expected < 1e-4
