@@ -38,7 +38,7 @@ sections=("$@")
 ((${#sections[@]})) || sections=(latent2 seed2 mnist40 fashion)
 
 last_checkpoint() {   # the run's checkpoint (not its best model's), if it has one
-  find "$1/checkpoints" -name '*.pt' ! -name '*_best.pt' 2>/dev/null | head -n 1
+  [[ -d $1/checkpoints ]] && find "$1/checkpoints" -name '*.pt' ! -name '*_best.pt' | head -n 1 || true
 }
 
 # one run: SECTION NAME SCRIPT DEVICE K FLAG... -> OUT/SECTION/NAME; a run that has a checkpoint is resumed
