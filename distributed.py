@@ -6,7 +6,7 @@ process picked by LOCAL_RANK; Gloo on the CPU) and `wrap` puts the model in Dist
 which averages the gradients over the ranks during backward. Without those variables every function
 here is a no-op for a single process, so the scripts run the same code either way.
 
-What the loop in utils.py does with them: --batch_size is the global batch, each rank taking its slice
+What the loop in train.py does with them: --batch_size is the global batch, each rank taking its slice
 (data_utils.Batches); the logged loss and the non-finite-step check are all-reduced, so every rank
 applies or skips the same steps; test-set evaluation is split over the ranks and its sums all-reduced;
 only rank 0 (`is_main`) writes files or prints progress.

@@ -5,10 +5,11 @@ The flow's parameters are computed per example from the encoder's last hidden la
 
     python dynamic_flow_vae.py --latent_dim 2 --flow planar --length 16
 """
-import utils
+import config
+import train
 from static_flow_vae import add_mlp_flags, build_model, check_mlp_args, mlp_arch
 
 if __name__ == '__main__':
-    parser = add_mlp_flags(utils.base_parser(__doc__, latent_dim=20, max_iter=10000))
+    parser = add_mlp_flags(config.base_parser(__doc__, latent_dim=20, max_iter=10000))
     parser.set_defaults(amortized=True)
-    utils.main(parser, 'dynamic_flow_vae.py', build_model, mlp_arch, check_mlp_args)
+    train.main(parser, 'dynamic_flow_vae.py', build_model, mlp_arch, check_mlp_args)

@@ -42,7 +42,7 @@ def plot_latents(z0, z_k, labels, path, title):
     plt.close(fig)
 
 
-def plot_curves(history, path, unit):
+def plot_curves(history, path):
     """Training loss (running mean per logging step) and the validation (or test) -ELBO at each evaluation."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     if history['train']:
@@ -52,7 +52,7 @@ def plot_curves(history, path, unit):
         points = [h for h in history['eval'] if f'{split}_elbo' in h]
         if points:
             ax.plot([h['iter'] for h in points], [-h[f'{split}_elbo'] for h in points], 'o-', label=f'{split} -ELBO')
-    ax.set(xlabel='iteration', ylabel=unit)
+    ax.set(xlabel='iteration', ylabel='nats')
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -15,9 +15,11 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import weight_norm
 
+import config
+import datasets
 import distributed
+import train
 import utils
-from data_utils import is_binary
 from flows import build_flow
 from vae import FlowVAE
 
@@ -111,16 +113,15 @@ def conv_arch(args):
 
 
 def build_model(args, image_shape):
-    likelihood = 'bernoulli' if is_binary(args.dataset) else 'gaussian'
-    model = ConvFlowVAE(image_shape, likelihood, args.latent_dim, args.base_dim, args.scale, args.res_blocks,
-                        args.bottleneck, args.weight_norm, args.flow, args.length)
+    model = ConvFlowVAE(image_shape, datasets.likelihood(args.dataset), args.latent_dim, args.base_dim, args.scale,
+                        args.res_blocks, args.bottleneck, args.weight_norm, args.flow, args.length)
     if getattr(args, 'sync_bn', 0):   # the same parameters and state_dict keys: checkpoints load either way
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
 
 if __name__ == '__main__':
-    parser = utils.base_parser(__doc__, latent_dim=32, max_iter=20000)
+    parser = config.base_parser(__doc__, latent_dim=32, max_iter=20000)
     parser.add_argument('--base_dim', type=int, default=32, help='channels at full resolution (doubled per scale)')
     parser.add_argument('--scale', type=int, default=None,
                         help='downsampling stages: at most (and by default) 2 for 28x28 images, 3 for 32x32')
@@ -130,4 +131,4 @@ if __name__ == '__main__':
     parser.add_argument('--sync_bn', type=int, nargs='?', const=1, default=0, choices=(0, 1),
                         help='1 (or the bare flag): under torchrun, batch-norm statistics over the global batch '
                              '(SyncBatchNorm, CUDA only); no effect in a single process')
-    utils.main(parser, 'static_flow_conv_vae.py', build_model, conv_arch, check_conv_args)
+    train.main(parser, 'static_flow_conv_vae.py', build_model, conv_arch, check_conv_args)

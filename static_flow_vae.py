@@ -9,8 +9,10 @@ import math
 
 import torch.nn as nn
 
+import config
+import datasets
+import train
 import utils
-from data_utils import is_binary
 from flows import build_flow
 from vae import FlowVAE
 
@@ -76,12 +78,11 @@ def check_mlp_args(args, image_shape):
 
 def build_model(args, image_shape):
     """The model a run's flags describe (also used to rebuild it from a checkpoint's config)."""
-    likelihood = 'bernoulli' if is_binary(args.dataset) else 'gaussian'
-    return MLPFlowVAE(image_shape, likelihood, args.latent_dim, args.hidden_dim, args.layer, args.gate,
-                      args.flow, args.length, amortized=args.amortized)
+    return MLPFlowVAE(image_shape, datasets.likelihood(args.dataset), args.latent_dim, args.hidden_dim,
+                      args.layer, args.gate, args.flow, args.length, amortized=args.amortized)
 
 
 if __name__ == '__main__':
-    parser = add_mlp_flags(utils.base_parser(__doc__, latent_dim=20, max_iter=10000))
+    parser = add_mlp_flags(config.base_parser(__doc__, latent_dim=20, max_iter=10000))
     parser.set_defaults(amortized=False)
-    utils.main(parser, 'static_flow_vae.py', build_model, mlp_arch, check_mlp_args)
+    train.main(parser, 'static_flow_vae.py', build_model, mlp_arch, check_mlp_args)

@@ -43,6 +43,13 @@ def gaussian_log_likelihood(mean, log_scale, x):
     return -(0.5 * LOG_2PI + log_scale + 0.5 * z ** 2).flatten(-3).sum(-1)
 
 
+def sample_q0(mean, log_var, eps=None):
+    """z0 = mean + exp(log_var / 2) * eps with eps ~ N(0, I) unless given: the reparameterization trick, (..., D)."""
+    if eps is None:
+        eps = torch.randn_like(mean)
+    return mean + torch.exp(0.5 * log_var) * eps
+
+
 def full_precision(x):
     """A region with autocast off on x's device: every op runs in the dtype of its inputs."""
     return torch.autocast(x.device.type, enabled=False)
@@ -110,9 +117,7 @@ class FlowVAE(nn.Module):
         """
         mean, log_var, context = (None if t is None else t.to(x.dtype) for t in self.encode(x))
         with full_precision(x):
-            if eps is None:
-                eps = torch.randn_like(mean)
-            z0 = mean + torch.exp(0.5 * log_var) * eps                # (B, D)
+            z0 = sample_q0(mean, log_var, eps)                        # (B, D)
             z_k, log_det = self.flow(z0, context)
         decoded = self.decode(z_k).to(x.dtype)
         with full_precision(x):
@@ -127,7 +132,7 @@ class FlowVAE(nn.Module):
     def latents(self, x):
         """(z0, z_K), each (B, D), for one draw from q0: what the latent plots show."""
         mean, log_var, context = self.encode(x)
-        z0 = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+        z0 = sample_q0(mean, log_var)
         return z0, self.flow(z0, context)[0]
 
 
@@ -159,22 +164,21 @@ def training_loss(terms, has_flow, objective='elbo', beta=1.0):
 
 
 @torch.no_grad()
-def iw_log_likelihood(model, x, n_samples, max_rows=16384):
+def iw_log_likelihood(model, x, n_samples):
     """Importance-weighted estimate of log p(x) (Burda et al. 2015, eq. 8), per example (B,).
 
     log p(x) ~ logsumexp_k [log p(x|z_K^k) + log p(z_K^k) - log q0(z0^k|x) + log_det^k] - log K,
     the K proposals drawn from q_K (the flow pushed forward). Samples are decoded in chunks of at
-    most `max_rows` (B*k) rows, so memory stays bounded for any K.
+    most `model.iw_rows` (B*k) rows, so memory stays bounded for any K.
     """
     mean, log_var, context = model.encode(x)                           # (B, D), (B, D), (B, C) or None
     batch, dim = mean.shape
-    std = torch.exp(0.5 * log_var)
-    chunk = max(1, max_rows // batch)
+    chunk = max(1, model.iw_rows // batch)
     log_w = []
     for start in range(0, n_samples, chunk):
         k = min(chunk, n_samples - start)
         eps = torch.randn(k, batch, dim, device=x.device, dtype=mean.dtype)
-        z0 = (mean + std * eps).reshape(k * batch, dim)                 # (k*B, D)
+        z0 = sample_q0(mean, log_var, eps).reshape(k * batch, dim)      # (k*B, D)
         ctx = None if context is None else context.expand(k, *context.shape).reshape(k * batch, -1)
         z_k, log_det = model.flow(z0, ctx)
         decoded = model.decode(z_k).view(k, batch, *x.shape[1:])        # (k, B, C, H, W)

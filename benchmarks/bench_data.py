@@ -20,10 +20,11 @@ import time
 import numpy as np
 import scipy.io
 import torch
-from torchvision import datasets, transforms
+from torchvision import datasets as tv_datasets, transforms
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_utils as du  # noqa: E402
+import datasets  # noqa: E402
 
 SIZES = {'mnist': (60000, 10000), 'fashion-mnist': (60000, 10000), 'svhn': (73257, 26032), 'cifar10': (50000, 10000)}
 
@@ -33,13 +34,13 @@ def synthetic_root(name, root, seed=0):
     returns the torchvision training set with ToTensor."""
     g = np.random.default_rng(seed)
     for train, n in zip((True, False), SIZES[name]):
-        x = g.integers(0, 256, (n, *du.image_shape(name)), dtype=np.uint8)  # (N, C, H, W)
+        x = g.integers(0, 256, (n, *datasets.image_shape(name)), dtype=np.uint8)  # (N, C, H, W)
         y = g.integers(0, 10, n)
         if name == 'fashion-mnist':
             prefix = 'train' if train else 't10k'
             raw = os.path.join(root, 'FashionMNIST', 'raw')
-            du.write_idx(os.path.join(raw, f'{prefix}-images-idx3-ubyte'), x[:, 0])
-            du.write_idx(os.path.join(raw, f'{prefix}-labels-idx1-ubyte'), y)
+            datasets.write_idx(os.path.join(raw, f'{prefix}-images-idx3-ubyte'), x[:, 0])
+            datasets.write_idx(os.path.join(raw, f'{prefix}-labels-idx1-ubyte'), y)
         elif name == 'cifar10':
             folder = os.path.join(root, 'cifar-10-batches-py')
             os.makedirs(folder, exist_ok=True)
@@ -55,10 +56,10 @@ def synthetic_root(name, root, seed=0):
             mat = {'X': x.transpose(2, 3, 1, 0), 'y': (y + 1).reshape(-1, 1).astype(np.uint8)}  # X (H, W, C, N)
             scipy.io.savemat(os.path.join(root, f'{"train" if train else "test"}_32x32.mat'), mat)
     if name == 'fashion-mnist':
-        return datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
+        return tv_datasets.FashionMNIST(root, train=True, transform=transforms.ToTensor())
     if name == 'cifar10':
-        return du._CIFAR10(root, train=True, transform=transforms.ToTensor())
-    return du._SVHN(root, split='train', transform=transforms.ToTensor())
+        return datasets._CIFAR10(root, train=True, transform=transforms.ToTensor())
+    return datasets._SVHN(root, split='train', transform=transforms.ToTensor())
 
 
 def ours(images, labels, pre, batch_size, device, seconds):
@@ -76,11 +77,11 @@ def ours(images, labels, pre, batch_size, device, seconds):
 
 def floor_ms(name, batch_size, device, repeats=500):
     """Milliseconds per batch of the random bits and (8-bit data) one logit kernel, each alone."""
-    shape = (batch_size, *du.image_shape(name))
-    nbits = 32 if du.is_binary(name) else 16
+    shape = (batch_size, *datasets.image_shape(name))
+    nbits = 32 if datasets.is_binary(name) else 16
     y = torch.rand(shape, device=device) * 0.9 + 0.05
     parts = [lambda: du.random_bits(shape, nbits, device)]
-    if not du.is_binary(name):
+    if not datasets.is_binary(name):
         parts.append(lambda: torch.logit(y))
     total = 0.0
     for part in parts:
@@ -116,14 +117,14 @@ def main(args):
           f'batch {args.batch_size}')
     rows = []
     with tempfile.TemporaryDirectory(prefix='bench-data-') as tmp:
-        for name in du.DATASETS:
+        for name in datasets.DATASETS:
             if name == 'mnist':
-                images, labels = du.load_split(name, args.data_dir, True)
-                dataset = datasets.MNIST(args.data_dir, train=True, transform=transforms.ToTensor())
+                images, labels = datasets.load_split(name, args.data_dir, True)
+                dataset = tv_datasets.MNIST(args.data_dir, train=True, transform=transforms.ToTensor())
                 source = 'real'
             else:
                 dataset = synthetic_root(name, os.path.join(tmp, name))
-                images, labels = du.load_split(name, os.path.join(tmp, name), True, log=lambda *a: None)
+                images, labels = datasets.load_split(name, os.path.join(tmp, name), True, log=lambda *a: None)
                 source = 'synthetic'
             pre = du.Preprocessor(name)
             fast = ours(images, labels, pre, args.batch_size, device, args.seconds)
@@ -140,7 +141,7 @@ def main(args):
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--data_dir', default=du.default_data_dir(),
+    parser.add_argument('--data_dir', default=datasets.default_data_dir(),
                         help='data root for real MNIST, fetched if missing (default: %(default)s)')
     parser.add_argument('--device', default='auto',
                         help='auto (CUDA if available, else CPU), cpu, cuda (default: auto)')

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_ddp.py [--iters 100] [--batch_size 64] [--base_dim 8] [--data_dir ./data]
 
-Every configuration runs the scripts' training step (utils.train_step through distributed.wrap, on the
+Every configuration runs the scripts' training step (train.train_step through distributed.wrap, on the
 rank's slice of data_utils.Batches, binarized MNIST) in processes started with torch.multiprocessing,
 one thread each, joined in a Gloo group on 127.0.0.1 as torchrun would join them. 'W=1, no DDP' is one
 process without a process group, as without torchrun: the baseline. Real MNIST when it is under
@@ -26,9 +26,10 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_utils  # noqa: E402
+import datasets  # noqa: E402
 import distributed  # noqa: E402
 import static_flow_conv_vae  # noqa: E402
-import utils  # noqa: E402
+import train  # noqa: E402
 
 WARMUP = 10
 
@@ -43,7 +44,7 @@ def load_images(data_dir):
     """Real MNIST's training images if they are under data_dir, else random ones of the same shape."""
     paths = [os.path.join(data_dir, 'MNIST', 'raw', f) for f in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte')]
     if all(os.path.isfile(p) for p in paths):
-        return data_utils.load_split('mnist', data_dir, train=True, log=lambda *_: None), 'MNIST'
+        return datasets.load_split('mnist', data_dir, train=True, log=lambda *_: None), 'MNIST'
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (60000, 1, 28, 28), dtype=torch.uint8, generator=g)
     return (images, torch.zeros(60000, dtype=torch.int64)), 'random images of MNIST\'s shape (MNIST not found)'
@@ -70,7 +71,7 @@ def worker(rank, world, port, ddp, batch_size, iters, args, results):
                 dist.barrier()
             start = time.perf_counter()
         x, log_det_pre = pre(next(batches)[0])
-        utils.train_step(model, optimizer, params, x, log_det_pre, cfg, it, net)
+        train.train_step(model, optimizer, params, x, log_det_pre, cfg, it, net)
     if rank == 0:
         results.put(iters / (time.perf_counter() - start))
     distributed.cleanup()
@@ -90,7 +91,7 @@ def main():
     p.add_argument('--iters', type=int, default=100, help='timed iterations per configuration (after 10 warm-up)')
     p.add_argument('--batch_size', type=int, default=64, help='global batch')
     p.add_argument('--base_dim', type=int, default=8, help="the conv VAE's --base_dim")
-    p.add_argument('--data_dir', default=data_utils.default_data_dir())
+    p.add_argument('--data_dir', default=datasets.default_data_dir())
     args = p.parse_args()
     os.environ['OMP_NUM_THREADS'] = '1'   # inherited by the spawned processes
     cfg = config(args)

@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py [--iters 200] [--repeats 3] [--data_dir ./data]
 
 Ours: the uint8 training set in memory, batches drawn by index and binarized as a batch
-(data_utils.Batches + Preprocessor), then utils.train_step, in four versions side by side: before
+(data_utils.Batches + Preprocessor), then train.train_step, in four versions side by side: before
 (Adam's per-parameter loop), now (the fused Adam kernel the scripts use on the CPU and CUDA), with
 --compile 1 (torch.compile of the training forward), and with --compile 1 --precision bf16 (the
 networks' matrix products in bfloat16). The baseline reproduces the original repo's loop: a
@@ -22,13 +22,15 @@ from types import SimpleNamespace
 
 import torch
 from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
+from torchvision import datasets as tv_datasets, transforms
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_utils  # noqa: E402
+import datasets  # noqa: E402
 import static_flow_conv_vae  # noqa: E402
 import static_flow_vae  # noqa: E402
-import utils  # noqa: E402
+import evaluate  # noqa: E402
+import train  # noqa: E402
 from vae import iw_log_likelihood, training_loss  # noqa: E402
 
 
@@ -56,7 +58,7 @@ def compiled(model):
 
 
 def ours(args, build, images, labels, iters, fused=True, compile=False, precision='fp32'):
-    """Iterations per second of the loop in utils.train (less logging); compile, precision: as the flags."""
+    """Iterations per second of the loop in train.train (less logging); compile, precision: as the flags."""
     args = SimpleNamespace(**{**vars(args), 'precision': precision})
     model, optimizer = make(args, build, fused)
     params = list(model.parameters())
@@ -67,14 +69,14 @@ def ours(args, build, images, labels, iters, fused=True, compile=False, precisio
         if it == 11:
             start = time.perf_counter()  # after 10 warm-up steps (and the compilation)
         x, log_det_pre = pre(next(batches)[0])
-        utils.train_step(model, optimizer, params, x, log_det_pre, args, it, net)
+        train.train_step(model, optimizer, params, x, log_det_pre, args, it, net)
     return (iters - 10) / (time.perf_counter() - start)
 
 
 def baseline(args, build, data_dir, iters):
     """The original repo's loop: DataLoader(ToTensor(), num_workers=2), the step, loss.item() each time."""
     model, optimizer = make(args, build)
-    loader = DataLoader(datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor()),
+    loader = DataLoader(tv_datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor()),
                         batch_size=args.batch_size, shuffle=True, num_workers=2, drop_last=True,
                         persistent_workers=True)
     it = 0
@@ -95,31 +97,27 @@ def baseline(args, build, data_dir, iters):
 
 
 def step_parts(args, build, images, labels, iters, compile=False, precision='fp32'):
-    """Milliseconds per step spent in each part of utils.train_step (mean over `iters` steps after 30)."""
+    """Milliseconds per step spent in each part of train.train_step (mean over `iters` steps after 30)."""
     model, optimizer = make(args, build, fused=True)
     params = list(model.parameters())
     batches = data_utils.Batches(images, labels, args.batch_size, 'cpu', seed=0)
     pre = data_utils.Preprocessor('mnist')
+    args = SimpleNamespace(**{**vars(args), 'precision': precision})
     net = compiled(model) if compile else model
     parts = dict.fromkeys(('preprocessing', 'forward', 'backward', 'grad norm', 'Adam'), 0.0)
+    marks = []   # (part, the time it ended)
+
+    def mark(part):
+        marks.append((part, time.perf_counter()))
     for it in range(1, iters + 31):
-        t = [time.perf_counter()]
+        marks.clear()
+        mark('start')
         x, log_det_pre = pre(next(batches)[0])
-        t.append(time.perf_counter())
-        with utils.precision_autocast('cpu', precision):
-            terms = net(x)
-        loss = (training_loss(terms, model.has_flow, args.objective) - log_det_pre).mean()
-        t.append(time.perf_counter())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t.append(time.perf_counter())
-        bool(torch.isfinite(loss + torch.nn.utils.get_total_norm([p.grad for p in params])))
-        t.append(time.perf_counter())
-        optimizer.step()
-        t.append(time.perf_counter())
+        mark('preprocessing')
+        train.train_step(model, optimizer, params, x, log_det_pre, args, it, net, mark=mark)
         if it > 30:
-            for key, start, end in zip(parts, t, t[1:]):
-                parts[key] += (end - start) * 1e3 / iters
+            for (_, start), (part, end) in zip(marks, marks[1:]):
+                parts[part] += (end - start) * 1e3 / iters
     return parts
 
 
@@ -179,8 +177,8 @@ def iw_images_per_second(args, build, images, k=1000, n=200):
     model.eval()
     x, _ = data_utils.Preprocessor('mnist')(images[:n])
     start = time.perf_counter()
-    for s in range(0, n, utils.IW_BATCH):
-        iw_log_likelihood(model, x[s:s + utils.IW_BATCH], k, model.iw_rows)
+    for s in range(0, n, evaluate.IW_BATCH):
+        iw_log_likelihood(model, x[s:s + evaluate.IW_BATCH], k)
     return n / (time.perf_counter() - start)
 
 
@@ -189,9 +187,9 @@ def main():
     p.add_argument('--iters', type=int, default=200, help='timed iterations per configuration (+10 warm-up)')
     p.add_argument('--repeats', type=int, default=3,
                    help='measurements of each variant of the static planar-16 step, whose median is reported')
-    p.add_argument('--data_dir', default=data_utils.default_data_dir())
+    p.add_argument('--data_dir', default=datasets.default_data_dir())
     args = p.parse_args()
-    images, labels = data_utils.load_split('mnist', args.data_dir, train=True, log=lambda *_: None)
+    images, labels = datasets.load_split('mnist', args.data_dir, train=True, log=lambda *_: None)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads; torch.mm 1024^3: {mm_gflops():.1f} GFLOP/s')
 
     mlp, conv = static_flow_vae.build_model, static_flow_conv_vae.build_model

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import scipy.io
 
-from data_utils import write_idx
+from datasets import write_idx
 
 IDX_FOLDERS = {'mnist': 'MNIST', 'fashion-mnist': 'FashionMNIST'}
 

@@ -1,7 +1,7 @@
 """Data-parallel training (issue 7) on the CPU with Gloo: two processes against one.
 
 Function-level checks run the real pieces (distributed.setup and wrap, the sharded Batches,
-utils.train_step, utils.evaluate) in two processes started with torch.multiprocessing; the script-level
+train.train_step, utils.evaluate) in two processes started with torch.multiprocessing; the script-level
 ones run the training scripts under `torchrun --standalone --nproc_per_node 2`, exactly as a user would.
 
 The one-step test fixes the noise: training noise (reparameterization, dequantization, flips) is drawn
@@ -26,10 +26,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import data_utils
+import datasets
 import distributed
+import evaluate
 import static_flow_conv_vae
 import static_flow_vae
-import utils
+import train
 import vae
 from scripts import ROOT, read_log, run_script
 from synthetic_data import write_dataset
@@ -38,7 +40,7 @@ TORCHRUN = shutil.which('torchrun', path=os.path.dirname(sys.executable)) or shu
 ENV = {**{k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'FLOW_VAE_DATA')},
        'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
 CONV_FLAGS = ['--base_dim', '2', '--scale', '1', '--latent_dim', '2', '--flow', 'planar', '--length', '2',
-        '--batch_size', '8', '--iw_samples', '3', '--sample_size', '4', '--log_every', '2', '--sample_every', '2',
+        '--batch_size', '8', '--iw_samples', '3', '--sample_size', '4', '--log_every', '2', '--sample_every', '2', '--eval_every', '2',
         '--ckpt_every', '2', '--device', 'cpu']
 
 
@@ -144,11 +146,11 @@ ORIGINAL_FORWARD = vae.FlowVAE.forward
 
 
 def train_steps(data_root, configs, rank=0, world=1, device='cpu'):
-    """STEPS of utils.train_step through distributed.wrap on this rank's slices; per config: the loss,
+    """STEPS of train.train_step through distributed.wrap on this rank's slices; per config: the loss,
     whether it was applied, the gradients of every step, and the model's state at the end."""
     vae.FlowVAE.forward = fixed_noise_forward
     try:
-        images, labels = data_utils.load_split('mnist', data_root, train=True, log=lambda *_: None)
+        images, labels = datasets.load_split('mnist', data_root, train=True, log=lambda *_: None)
         images = data_utils.static_binarize(images, 0)
         pre = data_utils.Preprocessor('mnist', binarize='static')
         results = {}
@@ -163,7 +165,7 @@ def train_steps(data_root, configs, rank=0, world=1, device='cpu'):
             steps = []
             for it in range(1, STEPS + 1):
                 x, log_det_pre = pre(next(batches)[0])
-                loss, applied = utils.train_step(model, optimizer, params, x, log_det_pre, args, it, net)
+                loss, applied = train.train_step(model, optimizer, params, x, log_det_pre, args, it, net)
                 steps.append((float(loss), applied, [p.grad.cpu() for p in params]))
             results[name] = steps, {k: v.cpu() for k, v in model.state_dict().items()}
         return results
@@ -230,20 +232,20 @@ def eval_model(data_root):
     torch.manual_seed(0)
     model = static_flow_conv_vae.build_model(args, (3, 32, 32))
     pre = data_utils.Preprocessor('svhn')
-    images, _ = data_utils.load_split('svhn', data_root, train=True, log=lambda *_: None)
+    images, _ = datasets.load_split('svhn', data_root, train=True, log=lambda *_: None)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for start in (0, 16):   # moves the batch-norm running statistics away from their initial values
         x, log_det_pre = pre(images[start:start + 16])
         optimizer.zero_grad()
         (vae.training_loss(model(x), model.has_flow) - log_det_pre).mean().backward()
         optimizer.step()
-    test = data_utils.load_split('svhn', data_root, train=False, log=lambda *_: None)
+    test = datasets.load_split('svhn', data_root, train=False, log=lambda *_: None)
     return model, pre, test
 
 
 def evaluate_small_batches(model, pre, test):
     # 30 test images in ELBO batches of 8 and IW batches of 6: the ranks get unequal shares
-    return utils.evaluate(model, pre, test[0], iw_samples=3, batch_size=8, iw_batch=6)
+    return evaluate.evaluate(model, pre, test[0], iw_samples=3, batch_size=8, iw_batch=6)
 
 
 def _evaluate_worker(rank, world, data_root, out):

@@ -21,7 +21,8 @@ import time
 import pytest
 import torch
 
-import data_utils
+import datasets
+import train
 import utils
 import vae
 from scripts import ROOT, read_log, run_script
@@ -113,8 +114,8 @@ def offline(monkeypatch, tmp_path):
     and the Debian Fashion-MNIST folder is absent."""
     def no_network(name, dest):
         raise OSError(errno.ENETUNREACH, 'Network is unreachable')
-    monkeypatch.setattr(data_utils, 'torchvision_download', no_network)
-    monkeypatch.setattr(data_utils, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-debian-package'))
+    monkeypatch.setattr(datasets, 'torchvision_download', no_network)
+    monkeypatch.setattr(datasets, 'FASHION_MNIST_SYSTEM_DIR', str(tmp_path / 'no-debian-package'))
     for key, value in OFFLINE.items():
         monkeypatch.setenv(key, value)
 
@@ -192,7 +193,7 @@ def test_sigkill_during_checkpointing_always_leaves_a_loadable_resumable_checkpo
     assert torch.load(checkpoint_of(out), weights_only=True)['iter'] == last_iter + 3
     folder = os.path.join(out, 'checkpoints')
     leftovers = [f for f in os.listdir(folder) if f != os.path.basename(ckpt_path)]
-    assert all(f.startswith('.tmp-') for f in leftovers), leftovers   # hidden: `*.pt` globs skip them
+    assert all(f.startswith('.') and f.endswith('.part') for f in leftovers), leftovers   # `*.pt` globs skip them
     print(f'\nSIGKILL: {KILLS} kills survived (delays {", ".join(f"{d:.2f}" for d in delays)} s after a '
           f'checkpoint), last at iteration {last_iter}; {len(leftovers)} leftover temporary file(s)')
 
@@ -365,7 +366,7 @@ def test_real_processes_print_one_line_for_bad_input(checkpoints, data_root, tmp
         'hostile pickle': (STATIC, ['--resume', str(evil_pickle)], [str(evil_pickle)]),
         'contradicting': (STATIC, ['--resume', checkpoints[STATIC], '--latent_dim', '3'], ['--latent_dim 3']),
         'truncated IDX': (STATIC, [*MLP, '--max_iter', '1', '--data_dir', str(bad_data)],
-                          [str(idx), 'truncated', 'data_utils.py fetch mnist']),
+                          [str(idx), 'truncated', 'datasets.py fetch mnist']),
     }
     procs = {name: spawn(script, [*argv, '--out_dir', str(tmp_path / 'out')] +
                          ([] if '--data_dir' in argv else ['--data_dir', data_root]),
@@ -451,7 +452,7 @@ def test_device_cuda_is_refused_without_a_gpu(offline, tmp_path, capsys):
 def test_precision_bf16_is_refused_where_the_device_has_no_bfloat16(device, bf16, offline, tmp_path, capsys,
                                                                      monkeypatch):
     """Stands in for an MPS device and for a CUDA GPU without bfloat16 (e.g. before Ampere)."""
-    monkeypatch.setattr(utils, 'pick_device', lambda name: torch.device(device))
+    monkeypatch.setattr(train, 'pick_device', lambda name: torch.device(device))
     monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda *a, **k: bf16)
     code = run_script(STATIC, [*MLP, '--precision', 'bf16', '--data_dir', str(tmp_path / 'data'),
                                '--out_dir', str(tmp_path / 'out')])
@@ -482,7 +483,7 @@ def missing_data_expectations(root):
 def test_missing_data_offline_is_one_line_naming_where_the_files_go(dataset, offline, tmp_path, capsys):
     root = str(tmp_path / 'data')
     write_dataset(dataset, root)
-    for rel in data_utils._relpaths(dataset, train=False):   # the test split is missing
+    for rel in datasets._relpaths(dataset, train=False):   # the test split is missing
         if os.path.exists(os.path.join(root, rel)):
             os.remove(os.path.join(root, rel))
     script, base = (STATIC, MLP) if dataset in ('mnist', 'fashion-mnist') else (CONV_SCRIPT, CONV)
@@ -505,7 +506,7 @@ def test_a_damaged_idx_file_is_one_line_naming_it_and_the_fix(what, offline, tmp
     code = run_script(STATIC, [*MLP, '--max_iter', '1', '--data_dir', root, '--out_dir', str(tmp_path / 'out')])
     assert code == 2
     one_error_line(capsys.readouterr().err, path, what if what != 'bad header' else 'bad header',
-                   f'python data_utils.py fetch mnist --data_dir {root}')
+                   f'python datasets.py fetch mnist --data_dir {root}')
 
 
 def test_a_data_dir_that_is_a_file_is_one_line(offline, tmp_path, capsys):

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import data_utils
-import utils
+import datasets
+import train
 from scripts import read_log, run_script
 from synthetic_data import write_dataset
 
@@ -182,7 +183,7 @@ VAL = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--val_si
 
 def spy_on_evaluate(monkeypatch, val_elbos=None):
     """Record (split, images) of every evaluate call; with val_elbos, the validation ELBOs are those values."""
-    calls, real, values = [], utils.evaluate, iter(val_elbos or [])
+    calls, real, values = [], train.evaluate, iter(val_elbos or [])
 
     def evaluate(model, pre, images, iw_samples=0, split='test', **kw):
         calls.append((split, images.clone()))
@@ -190,7 +191,7 @@ def spy_on_evaluate(monkeypatch, val_elbos=None):
         if split == 'val' and val_elbos is not None:
             metrics['val_elbo'] = next(values)
         return metrics
-    monkeypatch.setattr(utils, 'evaluate', evaluate)
+    monkeypatch.setattr(train, 'evaluate', evaluate)
     return calls
 
 
@@ -198,7 +199,7 @@ def test_the_validation_split_is_the_last_images_and_the_test_set_waits_for_the_
                                                                                    monkeypatch):
     """--val_size N holds out the last N training images, the same for every seed; training never sees them,
     the periodic evaluation uses them alone, and the test set is evaluated only after training."""
-    images, _ = data_utils.load_split('mnist', data_root, train=True)
+    images, _ = datasets.load_split('mnist', data_root, train=True)
     real_batches, trained_on = data_utils.Batches, []
 
     def batches(images, *args, **kwargs):
@@ -232,6 +233,7 @@ def test_patience_stops_the_run_and_the_best_checkpoint_is_evaluated(data_root, 
     prefix, records = read_log(out)
     final = records[-1]
     assert [r['iter'] for r in records if 'val_elbo' in r] == [1, 2, 3, 4]
+    assert [split for split, _ in calls] == ['val'] * 4 + ['test'] * 2
     assert final['iter'] == 4 and final['best_iter'] == 2 and final['best_val_elbo'] == -5.0
     assert final['stopped_early'] is True
     best = torch.load(os.path.join(out, 'checkpoints', f'{prefix}_best.pt'), weights_only=True)
@@ -262,12 +264,12 @@ def test_a_validation_set_as_large_as_the_training_split_is_refused(data_root, t
 
 def test_cosine_schedule_sets_the_learning_rate_of_every_step():
     args = argparse.Namespace(lr=1e-3, lr_schedule='cosine', max_iter=10)
-    assert utils.learning_rate(1, args) == pytest.approx(1e-3)
-    assert utils.learning_rate(6, args) == pytest.approx(0.5e-3)
-    assert utils.learning_rate(11, args) == pytest.approx(0.0, abs=1e-15)
-    lrs = [utils.learning_rate(it, args) for it in range(1, 11)]
+    assert train.learning_rate(1, args) == pytest.approx(1e-3)
+    assert train.learning_rate(6, args) == pytest.approx(0.5e-3)
+    assert train.learning_rate(11, args) == pytest.approx(0.0, abs=1e-15)
+    lrs = [train.learning_rate(it, args) for it in range(1, 11)]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
-    assert utils.learning_rate(7, argparse.Namespace(lr=1e-3, lr_schedule='none', max_iter=10)) == 1e-3
+    assert train.learning_rate(7, argparse.Namespace(lr=1e-3, lr_schedule='none', max_iter=10)) == 1e-3
 
 
 def test_a_cosine_run_ends_at_the_scheduled_learning_rate(data_root, tmp_path):
@@ -276,5 +278,5 @@ def test_a_cosine_run_ends_at_the_scheduled_learning_rate(data_root, tmp_path):
                                              '--out_dir', out]) == 0
     prefix, _ = read_log(out)
     ckpt = torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
-    expected = utils.learning_rate(6, argparse.Namespace(lr=1e-3, lr_schedule='cosine', max_iter=6))
+    expected = train.learning_rate(6, argparse.Namespace(lr=1e-3, lr_schedule='cosine', max_iter=6))
     assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(expected) and expected < 1e-4

@@ -1,0 +1,155 @@
+"""The flags every script shares, their checks, the run's file prefix, and how a resumed run's flags are merged.
+
+A script adds its own flags to `base_parser` and its own checks after `check_args`; `vars(args)` is the run's
+one config dict, saved in every checkpoint and summary.
+"""
+import argparse
+import math
+
+import torch
+
+import datasets
+from flows import FLOW_KINDS
+from utils import Parser, UsageError
+from vae import OBJECTIVES
+
+# flags that may change when a run is resumed; every other flag defines the run and comes from the checkpoint
+RESUMABLE = {'resume', 'eval_only', 'max_iter', 'out_dir', 'data_dir', 'device', 'log_every',
+             'sample_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'lr', 'clip_grad',
+             'sample_size', 'sync_bn', 'compile', 'precision', 'eval_every'}
+LR_SCHEDULES = ('none', 'cosine')
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16}   # --precision: the autocast dtype of the training forward
+
+
+def base_parser(description, latent_dim, max_iter):
+    """The flags every script has (the original repo's names and defaults, plus ours)."""
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--dataset', default='mnist', choices=datasets.DATASETS, help='dataset')
+    p.add_argument('--data_dir', default=datasets.default_data_dir(),
+                   help='data root ($FLOW_VAE_DATA, else ./data); missing files are fetched')
+    p.add_argument('--binarize', default='dynamic', choices=('dynamic', 'static', 'none'),
+                   help='MNIST only: a fresh Bernoulli draw per use (dynamic), one fixed draw '
+                        '(static), or grey levels with a BCE loss (none: the original repo; '
+                        'not a normalized likelihood, so its nats are not log p(x))')
+    p.add_argument('--flip', type=int, default=None, choices=(0, 1),
+                   help='random horizontal flips of training images (default: on for cifar10 only)')
+    p.add_argument('--batch_size', type=int, default=128,
+                   help='minibatch size; under torchrun the global batch, split evenly over the processes')
+    p.add_argument('--latent_dim', type=int, default=latent_dim, help='dimension of z')
+    p.add_argument('--flow', default='none', choices=FLOW_KINDS, help='normalizing flow on z')
+    p.add_argument('--length', type=int, default=8, help='number of flow steps')
+    p.add_argument('--objective', default='elbo', choices=OBJECTIVES,
+                   help="'elbo': the flow ELBO with the prior at z_K; 'seed': the original "
+                        "repo's KL(q0||p) at z0 minus the log-det (to reproduce its figures; not a bound)")
+    p.add_argument('--warmup', type=int, default=0,
+                   help='KL warm-up: the KL terms are scaled by beta rising from 0 to 1 over this many iterations')
+    p.add_argument('--max_iter', type=int, default=max_iter, help='training iterations')
+    p.add_argument('--sample_size', type=int, default=64, help='images in each sample grid')
+    p.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
+    p.add_argument('--momentum', type=float, default=0.9, help='Adam beta1')
+    p.add_argument('--decay', type=float, default=0.999, help='Adam beta2')
+    p.add_argument('--clip_grad', type=float, default=0.0,
+                   help='clip the gradient norm to this value (0: no clipping)')
+    p.add_argument('--lr_schedule', default='none', choices=LR_SCHEDULES,
+                   help='cosine: the learning rate falls from --lr to 0 over --max_iter iterations '
+                        '(half a cosine, Loshchilov & Hutter 2017); none: constant')
+    p.add_argument('--max_bad_steps', type=int, default=10,
+                   help='stop after this many consecutive non-finite steps (each one is skipped)')
+    p.add_argument('--seed', type=int, default=0, help='random seed')
+    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda', 'mps'),
+                   help='auto picks CUDA, then MPS, then the CPU')
+    p.add_argument('--out_dir', default='.', help='where samples/, plots/, checkpoints/, ... go')
+    p.add_argument('--log_every', type=int, default=100, help='log the running loss every N iterations')
+    p.add_argument('--sample_every', type=int, default=1000, help='save samples and reconstructions every N iterations')
+    p.add_argument('--val_size', type=int, default=0,
+                   help='hold out the last N training images (the same whatever --seed) as a validation set; '
+                        'then the periodic evaluation uses them, the best model is kept and the test set is '
+                        'touched only by the final evaluation')
+    p.add_argument('--eval_every', type=int, default=1000,
+                   help='compute the validation ELBO (the test ELBO with --val_size 0) every N iterations')
+    p.add_argument('--patience', type=int, default=0,
+                   help='with --val_size: stop after this many evaluations without a better validation ELBO '
+                        '(0: never stop early)')
+    p.add_argument('--ckpt_every', type=int, default=1000, help='save a checkpoint every N iterations')
+    p.add_argument('--resume', default=None, metavar='PATH', help='continue from this checkpoint')
+    p.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
+    p.add_argument('--compile', type=int, default=0, choices=(0, 1),
+                   help='1: run the training forward through torch.compile (fuses the flow steps; compiling '
+                        'takes about half a minute on a 2-core CPU; on the CPU it needs a C++ compiler)')
+    p.add_argument('--precision', default='fp32', choices=tuple(PRECISIONS),
+                   help="bf16: the training forward under torch.autocast, so the encoder's and decoder's matrix "
+                        'products run in bfloat16; the flow, the densities and the loss stay float32, and '
+                        'evaluation and every reported number are float32. Fast on CPUs with AVX512-BF16 or AMX '
+                        'and on GPUs with bf16 tensor cores, slower than fp32 on other CPUs')
+    p.add_argument('--iw_samples', type=int, default=1000,
+                   help='K, importance samples per test image for the log-likelihood estimate '
+                        '(0: skip it, e.g. to train on one device and --eval_only on another)')
+    return p
+
+
+def explicit_flags(parser, argv):
+    """The dests of the flags written on the command line (to tell them from defaults)."""
+    given = {a.split('=', 1)[0] for a in argv if a.startswith('--')}
+    options = {o for act in parser._actions for o in act.option_strings}
+    # argparse also accepts an unambiguous prefix (--latent for --latent_dim): resolve it the same way
+    given |= {o for g in given - options for o in options if o.startswith(g)}
+    return {act.dest for act in parser._actions if given & set(act.option_strings)}
+
+
+def run_prefix(args, arch):
+    """The original repo's file prefix, e.g. mnist_bs128_ly2_hd400_lt2_gt0__planar_len16.
+
+    `arch` is the script's part (e.g. 'ly2_hd400_lt2_gt0'); dynamic_flow_vae.py's runs, the seed
+    objective and warm-up get a suffix so that no two runs share a prefix.
+    """
+    prefix = f'{args.dataset}_bs{args.batch_size}_{arch}_'
+    if args.flow != 'none':
+        prefix += f'_{args.flow}_len{args.length}'
+    if getattr(args, 'amortized', False):
+        prefix += '_amortized'
+    if args.objective != 'elbo':
+        prefix += f'_{args.objective}obj'
+    if args.warmup:
+        prefix += f'_wu{args.warmup}'
+    return prefix
+
+
+def check_args(args):
+    """Refuse flag values that cannot work together, before any data is touched."""
+    for flag in ('batch_size', 'latent_dim', 'max_iter', 'sample_size', 'log_every', 'sample_every',
+                 'eval_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'length', 'warmup', 'val_size',
+                 'patience'):
+        low = 0 if flag in ('max_iter', 'length', 'warmup', 'iw_samples', 'val_size', 'patience') else 1
+        if getattr(args, flag) < low:
+            raise UsageError(f'--{flag} {getattr(args, flag)} is invalid: it must be >= {low}')
+    if args.flow != 'none' and args.length == 0:
+        raise UsageError(f'--flow {args.flow} with --length 0 is no flow: use --length >= 1 or --flow none')
+    if args.flow == 'nice' and args.latent_dim < 2:
+        raise UsageError(f'--flow nice needs --latent_dim >= 2 (it splits z in two halves), got {args.latent_dim}')
+    if not (0 < args.lr < math.inf and args.clip_grad >= 0):   # written so that nan is refused too
+        raise UsageError(f'--lr {args.lr:g} must be finite and > 0 and --clip_grad {args.clip_grad:g} >= 0')
+    if not (0 <= args.momentum < 1 and 0 <= args.decay < 1):
+        raise UsageError(f'--momentum {args.momentum:g} and --decay {args.decay:g} (Adam betas) must be in [0, 1)')
+    if args.patience and not args.val_size:
+        raise UsageError(f'--patience {args.patience} needs a validation set: give --val_size N '
+                         '(stopping early on the test set would select the model on it)')
+    if args.eval_only and not args.resume:
+        raise UsageError('--eval_only needs --resume PATH: there is no trained model to evaluate')
+
+
+def merge_config(args, ckpt, explicit, path):
+    """The run's flags come from the checkpoint; a flag given now that differs is refused.
+
+    RESUMABLE flags may be given anew; those not given also come from the checkpoint, so that a bare
+    `--resume PATH` continues with the run's --max_iter, --lr, --data_dir and --out_dir.
+    """
+    saved = ckpt['config']
+    for key, value in saved.items():
+        if key in ('resume', 'eval_only') or not hasattr(args, key):
+            continue
+        if key in explicit:
+            if key not in RESUMABLE and getattr(args, key) != value:
+                raise UsageError(f'--{key} {getattr(args, key)} differs from {path}, made with '
+                                 f'--{key} {value}: drop the flag or start a new run')
+            continue
+        setattr(args, key, value)
