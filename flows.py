@@ -249,9 +249,10 @@ class OrthogonalSylvesterFlow(SylvesterFlow):
 
     Q = qr(W) with the signs of its columns chosen so that R_qr has a positive diagonal: the QR
     factorization is then unique and Q a smooth function of W (full column rank), orthonormal to
-    rounding error. The paper instead iterates Q ← Q(I + ½(I − QᵀQ)) a fixed number of times, which
-    is only approximately orthonormal and converges only when ‖W‖₂ < √3 after scaling; QR costs the
-    same O(DM²) per matrix and needs no tolerance. M defaults to D.
+    rounding error, and every Q with orthonormal columns is reached. The paper instead iterates
+    Q ← Q(I + ½(I − QᵀQ)) from a scaled W, which converges only when the scaled W's singular values
+    lie in (0, √3) and is orthonormal only to its stopping tolerance; QR costs the same O(DM²) per
+    matrix and has neither condition. M defaults to D.
     """
 
     def __init__(self, dim, context_dim=None, m=None):
@@ -306,8 +307,8 @@ class TriangularSylvesterFlow(SylvesterFlow):
 class MaskedLinear(nn.Linear):
     """nn.Linear whose weight (out, in) is multiplied by a fixed 0/1 mask (Germain et al. 2015)."""
 
-    def __init__(self, mask, bias=True):
-        super().__init__(mask.shape[1], mask.shape[0], bias=bias)
+    def __init__(self, mask):
+        super().__init__(mask.shape[1], mask.shape[0])
         self.register_buffer('mask', mask.to(self.weight.dtype), persistent=False)
 
     def forward(self, x):
@@ -333,7 +334,7 @@ class IAFStep(nn.Module):
         self.dim, self.context_dim, self.reverse = dim, context_dim, reverse
         order = torch.arange(dim, 0, -1) if reverse else torch.arange(1, dim + 1)   # each variable's place
         self.register_buffer('order', order, persistent=False)
-        # hidden degrees cycle over 1..D−1 (all 0 when D = 1): unit k sees the variables of place <= k
+        # hidden degrees cycle over 1..D−1 (all 0 when D = 1); a unit of degree k sees places <= k
         hidden = torch.arange(hidden_dim) % max(dim - 1, 1) + min(dim - 1, 1)
         self.hidden = MaskedLinear(hidden[:, None] >= order[None, :])
         self.out = MaskedLinear((order[:, None] > hidden[None, :]).repeat(2, 1))   # rows: m, then s
