@@ -9,7 +9,7 @@ import math
 import torch
 
 import datasets
-from flows import FLOW_KINDS
+from flows import FLOW_KINDS, HOUSEHOLDERS
 from utils import Parser, UsageError
 from vae import OBJECTIVES
 
@@ -38,6 +38,10 @@ def base_parser(description, latent_dim, max_iter):
     p.add_argument('--latent_dim', type=int, default=latent_dim, help='dimension of z')
     p.add_argument('--flow', default='none', choices=FLOW_KINDS, help='normalizing flow on z')
     p.add_argument('--length', type=int, default=8, help='number of flow steps')
+    p.add_argument('--sylvester_m', type=int, default=0,
+                   help='sylvester-orthogonal: columns M of each Q, 1 to --latent_dim (0: --latent_dim)')
+    p.add_argument('--householders', type=int, default=HOUSEHOLDERS,
+                   help='sylvester-householder: Householder reflections per Q')
     p.add_argument('--objective', default='elbo', choices=OBJECTIVES,
                    help="'elbo': the flow ELBO with the prior at z_K; 'seed': the original "
                         "repo's KL(q0||p) at z0 minus the log-det (to reproduce its figures; not a bound)")
@@ -87,6 +91,11 @@ def base_parser(description, latent_dim, max_iter):
     return p
 
 
+def flow_options(args):
+    """build_flow's keyword options from the flags."""
+    return dict(sylvester_m=args.sylvester_m or None, householders=args.householders)
+
+
 def explicit_flags(parser, argv):
     """The dests of the flags written on the command line (to tell them from defaults)."""
     given = {a.split('=', 1)[0] for a in argv if a.startswith('--')}
@@ -105,6 +114,10 @@ def run_prefix(args, arch):
     prefix = f'{args.dataset}_bs{args.batch_size}_{arch}_'
     if args.flow != 'none':
         prefix += f'_{args.flow}_len{args.length}'
+    if args.flow == 'sylvester-orthogonal' and args.sylvester_m:
+        prefix += f'_m{args.sylvester_m}'
+    if args.flow == 'sylvester-householder':
+        prefix += f'_h{args.householders}'
     if getattr(args, 'amortized', False):
         prefix += '_amortized'
     if args.objective != 'elbo':
@@ -118,12 +131,14 @@ def check_args(args):
     """Refuse flag values that cannot work together, before any data is touched."""
     for flag in ('batch_size', 'latent_dim', 'max_iter', 'sample_size', 'log_every', 'sample_every',
                  'eval_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'length', 'warmup', 'val_size',
-                 'patience'):
+                 'patience', 'householders'):
         low = 0 if flag in ('max_iter', 'length', 'warmup', 'iw_samples', 'val_size', 'patience') else 1
         if getattr(args, flag) < low:
             raise UsageError(f'--{flag} {getattr(args, flag)} is invalid: it must be >= {low}')
     if args.flow != 'none' and args.length == 0:
         raise UsageError(f'--flow {args.flow} with --length 0 is no flow: use --length >= 1 or --flow none')
+    if not 0 <= args.sylvester_m <= args.latent_dim:
+        raise UsageError(f'--sylvester_m {args.sylvester_m} must be 0 (M = D) to --latent_dim {args.latent_dim}')
     if args.flow == 'nice' and args.latent_dim < 2:
         raise UsageError(f'--flow nice needs --latent_dim >= 2 (it splits z in two halves), got {args.latent_dim}')
     if not (0 < args.lr < math.inf and args.clip_grad >= 0):   # written so that nan is refused too

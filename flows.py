@@ -1,10 +1,10 @@
-"""Normalizing flows for the VAE posterior: planar, radial, Householder, NICE.
+"""Normalizing flows for the VAE posterior: planar, radial, Householder, NICE, Sylvester, IAF.
 
 Every step maps z (B, D) to (z', log_det) with log_det (B,) = log|det dz'/dz|, given an optional
 `context` (B, C). A static step holds its parameters as nn.Parameters and ignores any context it is
 given (the VAE passes its encoder context either way); an amortized step (`context_dim` set) computes
 them per example from the context with a linear layer and raises ValueError without a (B, C) context.
-`build_flow(kind, dim, length, context_dim=None)` chains `length` steps.
+`build_flow(kind, dim, length, context_dim=None, ...)` chains `length` steps.
 """
 import torch
 import torch.nn as nn
@@ -12,6 +12,19 @@ import torch.nn.functional as F
 
 EPS = 1e-12    # floor on ‖w‖², ‖v‖² (a zero vector would divide by zero)
 TINY = 1e-30   # floor on a determinant before its log, so log_det stays finite
+HOUSEHOLDERS = 8   # default reflections per Q of sylvester-householder (the most the Sylvester paper used)
+IAF_GATE_BIAS = 2.0   # initial bias of IAF's s, so that σ = sigmoid(s) starts near 1 (0.88)
+
+
+def reflect(x, v):
+    """x − 2 v (vᵀx)/‖v‖² for each row of x (…, D); v (…, D) broadcasts against x. O(D) per row."""
+    scaled_v = v * (2 / (v * v).sum(-1, keepdim=True).clamp_min(EPS))
+    return x - (x * v).sum(-1, keepdim=True) * scaled_v
+
+
+def vecmat(x, A):
+    """xᵀA per example: x (B, n), A (n, m) or (B, n, m) -> (B, m)."""
+    return (x.unsqueeze(-2) @ A).squeeze(-2)
 
 
 def check_context(context, context_dim, batch):
@@ -47,7 +60,7 @@ class FlowStep(nn.Module):
 
     def inverse(self, z, context=None):
         raise NotImplementedError(f'{type(self).__name__} has no closed-form inverse; only forward() exists '
-                                  f'(householder and nice flows can be inverted)')
+                                  f'(householder, nice and iaf flows can be inverted)')
 
 
 class PlanarFlow(FlowStep):
@@ -115,9 +128,7 @@ class HouseholderFlow(FlowStep):
         super().__init__(dim, context_dim, torch.randn(dim))
 
     def forward(self, z, context=None):
-        v = self.params(z, context)
-        scaled_v = v * (2 / (v * v).sum(-1, keepdim=True).clamp_min(EPS))   # 2 v/‖v‖²
-        z = z - (z * v).sum(-1, keepdim=True) * scaled_v
+        z = reflect(z, self.params(z, context))
         return z, z.new_zeros(z.shape[0])
 
     def inverse(self, z, context=None):
@@ -183,10 +194,184 @@ class NiceScaling(FlowStep):
         return z * torch.exp(-s), -s.sum(-1).expand(z.shape[0])
 
 
+class SylvesterFlow(FlowStep):
+    """z' = z + Q R h(R̃ Qᵀz + b), h = tanh (van den Berg et al. 2018, arXiv:1803.05649, eq. 12–17).
+
+    z (B, D); Q (D, M) has orthonormal columns (a subclass's `basis`), R, R̃ (M, M) upper triangular,
+    b (M,); (B, ·) each when amortized. By Sylvester's determinant identity
+    log|det| = Σ_i log(1 + R_ii R̃_ii h'((R̃ Qᵀz + b)_i)), O(BDM + BM²) per step.
+    Invertibility needs R_ii R̃_ii ≥ −1 (‖h'‖∞ = 1): as in the paper, both diagonals go through tanh,
+    so |R_ii R̃_ii| ≤ 1, and each factor is computed as (1 + R_ii R̃_ii)(1 − h²) + h², a sum of
+    terms ≥ 0, so that it does not cancel where R_ii R̃_ii ≈ −1 and h ≈ 0.
+    Parameters: the upper triangles of R and R̃ (M(M+1)/2 each), b, then `q_init`'s Q parameters.
+    """
+
+    def __init__(self, dim, m, context_dim, q_init):
+        if not 1 <= m <= dim:
+            raise ValueError(f'a Sylvester flow needs 1 <= M <= D, got M={m}, D={dim}')
+        tri = m * (m + 1) // 2
+        super().__init__(dim, context_dim, torch.cat([0.1 * torch.randn(2 * tri + m), q_init]))
+        self.m, self.sizes = m, (tri, tri, m, q_init.numel())
+        rows, cols = torch.triu_indices(m, m)
+        self.register_buffer('rows', rows, persistent=False)
+        self.register_buffer('cols', cols, persistent=False)
+
+    def upper(self, entries):
+        """(…, M(M+1)/2) -> (…, M, M) upper triangular with tanh on the diagonal."""
+        entries = torch.where(self.rows == self.cols, torch.tanh(entries), entries)
+        R = entries.new_zeros(*entries.shape[:-1], self.m, self.m)
+        R[..., self.rows, self.cols] = entries
+        return R
+
+    def basis(self, q):
+        """Q (D, M), or (B, D, M) amortized, from its parameters q (P_Q,) or (B, P_Q)."""
+        raise NotImplementedError
+
+    def project(self, z, Q):
+        """Qᵀz: (B, D) -> (B, M)."""
+        return vecmat(z, Q)
+
+    def lift(self, y, Q):
+        """Q y: (B, M) -> (B, D)."""
+        return vecmat(y, Q.mT)
+
+    def forward(self, z, context=None):
+        r, r_tilde, b, q = self.params(z, context).split(self.sizes, dim=-1)
+        R, R_tilde, Q = self.upper(r), self.upper(r_tilde), self.basis(q)
+        h = torch.tanh(vecmat(self.project(z, Q), R_tilde.mT) + b)           # (B, M)
+        diag = R.diagonal(dim1=-2, dim2=-1) * R_tilde.diagonal(dim1=-2, dim2=-1)   # R_ii R̃_ii in [−1, 1]
+        det = (1 + diag) * (1 - h * h) + h * h                               # 1 + R_ii R̃_ii h', >= 0
+        return z + self.lift(vecmat(h, R.mT), Q), torch.log(det.clamp_min(TINY)).sum(-1)
+
+
+class OrthogonalSylvesterFlow(SylvesterFlow):
+    """Sylvester flow with Q the orthonormal factor of a free (or amortized) D x M matrix W, M <= D.
+
+    Q = qr(W) with the signs of its columns chosen so that R_qr has a positive diagonal: the QR
+    factorization is then unique and Q a smooth function of W (full column rank), orthonormal to
+    rounding error, and every Q with orthonormal columns is reached. The paper instead iterates
+    Q ← Q(I + ½(I − QᵀQ)) from a scaled W, which converges only when the scaled W's singular values
+    lie in (0, √3) and is orthonormal only to its stopping tolerance; QR costs the same O(DM²) per
+    matrix and has neither condition. M defaults to D.
+    """
+
+    def __init__(self, dim, context_dim=None, m=None):
+        m = dim if m is None else m
+        super().__init__(dim, m, context_dim, torch.randn(dim * m))
+
+    def basis(self, q):
+        Q, R = torch.linalg.qr(q.unflatten(-1, (self.dim, self.m)))
+        return torch.where(R.diagonal(dim1=-2, dim2=-1).unsqueeze(-2) < 0, -Q, Q)
+
+
+class HouseholderSylvesterFlow(SylvesterFlow):
+    """Sylvester flow with Q = H_H ⋯ H_1 (D x D), H_k = I − 2 v_k v_kᵀ/‖v_k‖², `householders` vectors v_k.
+
+    Q is formed by reflecting the identity, O(HD²) per matrix (per example when amortized).
+    """
+
+    def __init__(self, dim, context_dim=None, householders=HOUSEHOLDERS):
+        if householders < 1:
+            raise ValueError(f'sylvester-householder needs >= 1 Householder reflections, got {householders}')
+        super().__init__(dim, dim, context_dim, torch.randn(householders * dim))
+        self.householders = householders
+
+    def basis(self, q):
+        vs = q.unflatten(-1, (self.householders, self.dim))                # (H, D) or (B, H, D)
+        rows = torch.eye(self.dim, dtype=q.dtype, device=q.device)         # rows of Qᵀ = I H_1 ⋯ H_H
+        for v in vs.unbind(-2):
+            rows = reflect(rows, v.unsqueeze(-2))
+        return rows.mT
+
+
+class TriangularSylvesterFlow(SylvesterFlow):
+    """Sylvester flow with Q = I (`reverse` False) or the reversal permutation (True); M = D.
+
+    No Q parameters; Qᵀz is z or z reversed, so each step costs O(BD²) for the R products only.
+    build_flow alternates `reverse` between steps.
+    """
+
+    def __init__(self, dim, context_dim=None, reverse=False):
+        super().__init__(dim, dim, context_dim, torch.zeros(0))
+        self.reverse = reverse
+
+    def basis(self, q):
+        return None
+
+    def project(self, z, Q):
+        return z.flip(-1) if self.reverse else z
+
+    lift = project   # the reversal permutation is its own transpose
+
+
+class MaskedLinear(nn.Linear):
+    """nn.Linear whose weight (out, in) is multiplied by a fixed 0/1 mask (Germain et al. 2015)."""
+
+    def __init__(self, mask):
+        super().__init__(mask.shape[1], mask.shape[0])
+        self.register_buffer('mask', mask.to(self.weight.dtype), persistent=False)
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class IAFStep(nn.Module):
+    """z' = σ ⊙ z + (1 − σ) ⊙ m, σ = sigmoid(s) (Kingma et al. 2016, arXiv:1606.04934, eq. 10–14).
+
+    z (B, D); (m, s) (B, D) each come from a MADE on z (Germain et al. 2015, arXiv:1502.03509) with
+    one ReLU hidden layer of `hidden_dim` units (default max(4D, 64)); the context, when amortized,
+    is added to that layer's pre-activation through an unmasked linear map. m_i and s_i depend on
+    z_j only for j before i in the step's ordering (1..D, or D..1 with `reverse`), so the Jacobian is
+    triangular and log|det| = Σ log σ. s's bias starts at IAF_GATE_BIAS and the output weights at 0,
+    so a new step is z' ≈ 0.88 z. With D = 1, m and s do not depend on z.
+    """
+
+    def __init__(self, dim, context_dim=None, hidden_dim=None, reverse=False):
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f'flow dim must be >= 1, got dim={dim}')
+        hidden_dim = max(4 * dim, 64) if hidden_dim is None else hidden_dim
+        self.dim, self.context_dim, self.reverse = dim, context_dim, reverse
+        order = torch.arange(dim, 0, -1) if reverse else torch.arange(1, dim + 1)   # each variable's place
+        self.register_buffer('order', order, persistent=False)
+        # hidden degrees cycle over 1..D−1 (all 0 when D = 1); a unit of degree k sees places <= k
+        hidden = torch.arange(hidden_dim) % max(dim - 1, 1) + min(dim - 1, 1)
+        self.hidden = MaskedLinear(hidden[:, None] >= order[None, :])
+        self.out = MaskedLinear((order[:, None] > hidden[None, :]).repeat(2, 1))   # rows: m, then s
+        self.context = None if context_dim is None else nn.Linear(context_dim, hidden_dim, bias=False)
+        with torch.no_grad():
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+            self.out.bias[dim:] = IAF_GATE_BIAS
+
+    def made(self, z, context):
+        """(m, s), (B, D) each."""
+        pre = self.hidden(z)
+        if self.context is not None:
+            pre = pre + self.context(context)
+        return self.out(F.relu(pre)).chunk(2, dim=-1)
+
+    def forward(self, z, context=None):
+        check_context(context, self.context_dim, z.shape[0])
+        m, s = self.made(z, context)
+        gate = torch.sigmoid(s)
+        return gate * z + torch.sigmoid(-s) * m, F.logsigmoid(s).sum(-1)
+
+    def inverse(self, z, context=None):
+        """x with forward(x) = z: D passes, pass k solving for the variable of place k, which m and s
+        at that place do not depend on; the variables after it stay 0 until their pass."""
+        check_context(context, self.context_dim, z.shape[0])
+        x = torch.zeros_like(z)
+        for place in range(1, self.dim + 1):
+            m, s = self.made(x, context)
+            x = torch.where(self.order == place, (z - torch.sigmoid(-s) * m) * torch.exp(-F.logsigmoid(s)), x)
+        return x, -F.logsigmoid(s).sum(-1)
+
+
 class FlowSequence(nn.Module):
     """f = f_K ∘ … ∘ f_1 on z (B, D); log_det (B,) sums the steps' log-determinants. No steps: the identity.
 
-    `inverse` exists when every step has one (Householder, NICE).
+    `inverse` exists when every step has one (Householder, NICE, IAF).
     """
 
     def __init__(self, steps, kind, dim, context_dim=None):
@@ -210,14 +395,20 @@ class FlowSequence(nn.Module):
         return z, log_det
 
 
-FLOWS = {'planar': PlanarFlow, 'radial': RadialFlow, 'householder': HouseholderFlow, 'nice': NiceFlow}
+FLOWS = {'planar': PlanarFlow, 'radial': RadialFlow, 'householder': HouseholderFlow, 'nice': NiceFlow,
+         'sylvester-orthogonal': OrthogonalSylvesterFlow, 'sylvester-householder': HouseholderSylvesterFlow,
+         'sylvester-triangular': TriangularSylvesterFlow, 'iaf': IAFStep}
 FLOW_KINDS = ('none',) + tuple(FLOWS)
 
 
-def build_flow(kind, dim, length, context_dim=None, hidden_dim=64):
+def build_flow(kind, dim, length, context_dim=None, hidden_dim=None, sylvester_m=None, householders=HOUSEHOLDERS):
     """`length` steps of flow `kind` on z (B, dim); amortized when `context_dim` is given.
 
     A NICE flow of length L is L − 1 coupling layers, alternating halves, then a NiceScaling step.
+    sylvester-triangular and iaf alternate the variables' order between steps (Q = I / reversal;
+    MADE order 1..D / D..1). `hidden_dim`: units per hidden layer of NICE's coupling MLPs (None: 64)
+    and IAF's MADE (None: max(4 dim, 64)); `sylvester_m`: M of sylvester-orthogonal (None: dim);
+    `householders`: reflections per Q of sylvester-householder. Each is ignored by the other kinds.
     'none' or length 0 gives the identity (log_det 0, `amortized` False: it needs no context).
     """
     if kind not in FLOW_KINDS:
@@ -233,8 +424,16 @@ def build_flow(kind, dim, length, context_dim=None, hidden_dim=64):
     if kind == 'none' or length == 0:
         return FlowSequence([], 'none', dim, context_dim)
     if kind == 'nice':
-        steps = [NiceFlow(dim, context_dim, hidden_dim, parity=k % 2) for k in range(length - 1)]
+        steps = [NiceFlow(dim, context_dim, hidden_dim or 64, parity=k % 2) for k in range(length - 1)]
         steps.append(NiceScaling(dim, context_dim))
+    elif kind == 'sylvester-orthogonal':
+        steps = [OrthogonalSylvesterFlow(dim, context_dim, sylvester_m) for _ in range(length)]
+    elif kind == 'sylvester-householder':
+        steps = [HouseholderSylvesterFlow(dim, context_dim, householders) for _ in range(length)]
+    elif kind == 'sylvester-triangular':
+        steps = [TriangularSylvesterFlow(dim, context_dim, reverse=k % 2 == 1) for k in range(length)]
+    elif kind == 'iaf':
+        steps = [IAFStep(dim, context_dim, hidden_dim, reverse=k % 2 == 1) for k in range(length)]
     else:
         steps = [FLOWS[kind](dim, context_dim) for _ in range(length)]
     return FlowSequence(steps, kind, dim, context_dim)

@@ -52,8 +52,8 @@ class ConvFlowVAE(FlowVAE):
     iw_rows = 1024
 
     def __init__(self, image_shape, likelihood, latent_dim, base_dim, scale, res_blocks, bottleneck,
-                 use_weight_norm, flow, length):
-        super().__init__(build_flow(flow, latent_dim, length), likelihood, image_shape)
+                 use_weight_norm, flow, length, **flow_options):
+        super().__init__(build_flow(flow, latent_dim, length, **flow_options), likelihood, image_shape)
         channels, side = image_shape[0], image_shape[1]
         top = base_dim * 2 ** scale                                          # channels at the smallest scale
         self.top_shape = (top, side // 2 ** scale, side // 2 ** scale)
@@ -114,7 +114,8 @@ def conv_arch(args):
 
 def build_model(args, image_shape):
     model = ConvFlowVAE(image_shape, datasets.likelihood(args.dataset), args.latent_dim, args.base_dim, args.scale,
-                        args.res_blocks, args.bottleneck, args.weight_norm, args.flow, args.length)
+                        args.res_blocks, args.bottleneck, args.weight_norm, args.flow, args.length,
+                        **config.flow_options(args))
     if getattr(args, 'sync_bn', 0):   # the same parameters and state_dict keys: checkpoints load either way
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model

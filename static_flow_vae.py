@@ -42,8 +42,8 @@ class MLPFlowVAE(FlowVAE):
     """x (B, C, H, W) -> MLP -> (mean, log_var) of q0 and, when amortized, the flow's context h (B, hidden_dim)."""
 
     def __init__(self, image_shape, likelihood, latent_dim, hidden_dim, layers, gate, flow, length,
-                 amortized=False):
-        super().__init__(build_flow(flow, latent_dim, length, hidden_dim if amortized else None),
+                 amortized=False, **flow_options):
+        super().__init__(build_flow(flow, latent_dim, length, hidden_dim if amortized else None, **flow_options),
                          likelihood, image_shape)
         pixels = math.prod(image_shape)
         self.encoder = mlp(pixels, hidden_dim, layers, gate)
@@ -79,7 +79,8 @@ def check_mlp_args(args, image_shape):
 def build_model(args, image_shape):
     """The model a run's flags describe (also used to rebuild it from a checkpoint's config)."""
     return MLPFlowVAE(image_shape, datasets.likelihood(args.dataset), args.latent_dim, args.hidden_dim,
-                      args.layer, args.gate, args.flow, args.length, amortized=args.amortized)
+                      args.layer, args.gate, args.flow, args.length, amortized=args.amortized,
+                      **config.flow_options(args))
 
 
 if __name__ == '__main__':

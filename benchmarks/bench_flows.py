@@ -1,8 +1,9 @@
-"""Forward+backward time of a length-16 flow, B = 128, each kind, static and amortized.
+"""Forward+backward time of a length-16 flow, B = 128, each kind (flows.FLOWS), static and amortized.
 
     python benchmarks/bench_flows.py [--repeats 30] [--threads N]
 
-torch's thread count is left at its default unless --threads is given. The load average is printed
+Sylvester and IAF flows run with build_flow's defaults (M = D, H = 8 reflections, MADE width
+max(4D, 64)). torch's thread count is left at its default unless --threads is given. The load average is printed
 before and after: on a small shared machine other processes' load changes these numbers a lot.
 
 Also times, in the same run, a naive Householder flow that builds the D x D reflection matrix
@@ -80,14 +81,14 @@ def main():
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads on {os.cpu_count()} CPUs, '
           f'load average {os.getloadavg()[0]:.1f}; B={BATCH}, length {LENGTH}, context_dim {CONTEXT_DIM}; '
           f'microseconds per forward+backward (median of {args.repeats})')
-    print(f'\n{"flow":<14}{"d":>4}{"static":>10}{"amortized":>11}')
+    print(f'\n{"flow":<22}{"d":>4}{"static":>10}{"amortized":>11}')
     for kind in FLOWS:
         for dim in (2, 40):
             row = []
             for amortized in (False, True):
                 flow = build_flow(kind, dim, LENGTH, CONTEXT_DIM if amortized else None)
                 row.append(time_call(forward_backward(lambda f, z, c: f(z, c), flow, dim, amortized), args.repeats))
-            print(f'{kind:<14}{dim:>4}{row[0]:>10.0f}{row[1]:>11.0f}', flush=True)
+            print(f'{kind:<22}{dim:>4}{row[0]:>10.0f}{row[1]:>11.0f}', flush=True)
 
     print('\nHouseholder, ours (vector form) vs naive (D x D / B x D x D matrices)')
     print(f'{"d":>4}{"mode":>11}{"ours":>9}{"naive":>9}{"naive/ours":>12}')

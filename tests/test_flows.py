@@ -5,11 +5,17 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from flows import (FLOWS, FlowSequence, HouseholderFlow, NiceFlow, NiceScaling, PlanarFlow, RadialFlow,
+from flows import (FLOWS, FlowSequence, HouseholderFlow, HouseholderSylvesterFlow, IAFStep, NiceFlow, NiceScaling,
+                   OrthogonalSylvesterFlow, PlanarFlow, RadialFlow, SylvesterFlow, TriangularSylvesterFlow,
                    build_flow)
 
 KINDS = list(FLOWS)
+NEW_KINDS = ['sylvester-orthogonal', 'sylvester-householder', 'sylvester-triangular', 'iaf']
+SYLVESTER_KINDS = NEW_KINDS[:3]
 CONTEXT_DIM = 6
+# IAF's MADE sums >= 64 hidden units into each s: noise of 0.5 on every weight drives σ = sigmoid(s) to
+# ~1e-25, where its triangular Jacobian is so ill-conditioned that autograd's LU-based log-det is wrong
+PERTURB_SCALE = {'iaf': 0.2}
 
 
 @pytest.fixture(autouse=True)
@@ -52,15 +58,22 @@ def autograd_log_det(flow, z, context):
 
 
 def dims_for(kind):
-    return [2, 3, 5, 40] if kind == 'nice' else [2, 5, 40]
+    return [2, 3, 5, 40] if kind == 'nice' else [1, 2, 5, 40] if kind in NEW_KINDS else [2, 5, 40]
 
 
-CASES = [(kind, dim, amortized) for kind in KINDS for dim in dims_for(kind) for amortized in (False, True)]
+def scales_for(kind):
+    """Perturbation scales tested: the new kinds also at their initialization (0)."""
+    scale = PERTURB_SCALE.get(kind, 0.5)
+    return [0.0, scale] if kind in NEW_KINDS else [scale]
 
 
-@pytest.mark.parametrize('kind,dim,amortized', CASES)
-def test_log_det_matches_autograd(kind, dim, amortized):
-    flow = perturb(build_flow(kind, dim, 3, CONTEXT_DIM if amortized else None))
+CASES = [(kind, dim, amortized, scale) for kind in KINDS for dim in dims_for(kind) for amortized in (False, True)
+         for scale in scales_for(kind)]
+
+
+@pytest.mark.parametrize('kind,dim,amortized,scale', CASES)
+def test_log_det_matches_autograd(kind, dim, amortized, scale):
+    flow = perturb(build_flow(kind, dim, 3, CONTEXT_DIM if amortized else None), scale=scale)
     z, context = inputs(dim, amortized)
     z_k, log_det = flow(z, context)
     assert_finite(z_k, (4, dim))
@@ -70,7 +83,8 @@ def test_log_det_matches_autograd(kind, dim, amortized):
         assert log_det.abs().max() > 1e-3  # a non-trivial map was tested
 
 
-STEPS = [PlanarFlow, RadialFlow, HouseholderFlow, NiceFlow, NiceScaling]
+STEPS = [PlanarFlow, RadialFlow, HouseholderFlow, NiceFlow, NiceScaling, OrthogonalSylvesterFlow,
+         HouseholderSylvesterFlow, TriangularSylvesterFlow]
 
 
 @pytest.mark.parametrize('step_class', STEPS)
@@ -83,11 +97,14 @@ def test_each_step_log_det_matches_autograd(step_class, amortized):
     torch.testing.assert_close(log_det, autograd_log_det(step, z, context), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize('kind', ['householder', 'nice'])
-@pytest.mark.parametrize('dim', [2, 3, 40])
+@pytest.mark.parametrize('kind,dim', [(kind, dim) for kind in ('householder', 'nice', 'iaf') for dim in (2, 3, 40)]
+                         + [('iaf', 1)])
 @pytest.mark.parametrize('amortized', [False, True])
 def test_inverse_round_trips(kind, dim, amortized):
-    flow = perturb(build_flow(kind, dim, 5, CONTEXT_DIM if amortized else None))
+    # IAF: a random MADE's inverse of a N(0, I) draw grows x, hence its hidden units, hence 1/σ, without
+    # bound at larger scales (to inf in float64 at scale 0.1 and D = 40); test_iaf_forward_then_inverse
+    # covers larger ones
+    flow = perturb(build_flow(kind, dim, 5, CONTEXT_DIM if amortized else None), scale=0.05 if kind == 'iaf' else 0.5)
     z, context = inputs(dim, amortized)
     z_k, log_det = flow(z, context)
     z_back, log_det_inv = flow.inverse(z_k, context)
@@ -101,7 +118,7 @@ def test_inverse_round_trips(kind, dim, amortized):
     assert not torch.allclose(z_k, z)  # the flow did something
 
 
-@pytest.mark.parametrize('kind', ['planar', 'radial'])
+@pytest.mark.parametrize('kind', ['planar', 'radial'] + SYLVESTER_KINDS)
 def test_no_closed_form_inverse_says_so(kind):
     flow = build_flow(kind, 3, 2)
     with pytest.raises(NotImplementedError, match='no closed-form inverse'):
@@ -262,6 +279,10 @@ def test_static_and_amortized_parameters():
     (lambda: build_flow('planar', 0, 1), r'dim must be >= 1, got dim=0'),
     (lambda: build_flow('nice', 1, 2), r'NICE flow needs dim >= 2.*got dim=1'),
     (lambda: build_flow('planar', 2, 1, 0), r'context_dim must be None \(static\) or >= 1'),
+    (lambda: build_flow('sylvester-orthogonal', 3, 1, sylvester_m=4), r'needs 1 <= M <= D, got M=4, D=3'),
+    (lambda: build_flow('sylvester-orthogonal', 3, 1, CONTEXT_DIM, sylvester_m=0), r'got M=0, D=3'),
+    (lambda: build_flow('sylvester-householder', 3, 1, householders=0), r'>= 1 Householder reflections, got 0'),
+    (lambda: build_flow('iaf', 0, 1), r'dim must be >= 1, got dim=0'),
 ])
 def test_bad_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
@@ -305,6 +326,8 @@ def test_static_flow_ignores_a_context():
     (lambda: NiceFlow(4, parity=2), r'parity must be 0 or 1, got parity=2'),
     (lambda: PlanarFlow(0), r'dim must be >= 1, got dim=0'),
     (lambda: HouseholderFlow(0, CONTEXT_DIM), r'dim must be >= 1, got dim=0'),
+    (lambda: OrthogonalSylvesterFlow(2, m=3), r'needs 1 <= M <= D, got M=3, D=2'),
+    (lambda: HouseholderSylvesterFlow(2, CONTEXT_DIM, householders=-1), r'got -1'),
 ])
 def test_bad_step_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
@@ -325,3 +348,135 @@ def test_planar_constraint_gives_the_papers_det(wu):
     z = z - ((z @ w + b) / w.dot(w))[:, None] * w                     # project onto w^T z + b = 0
     _, log_det = step(z)
     torch.testing.assert_close(log_det, torch.nn.functional.softplus(torch.tensor(wu)).log().expand(5))
+
+
+def sylvester_basis(step, z, context):
+    """The Q (D, M), or (B, D, M) amortized, that a Sylvester step uses on z."""
+    return step.basis(step.params(z, context).split(step.sizes, dim=-1)[-1])
+
+
+@pytest.mark.parametrize('make,columns', [
+    (lambda dim, ctx: OrthogonalSylvesterFlow(dim, ctx), lambda dim: dim),
+    (lambda dim, ctx: OrthogonalSylvesterFlow(dim, ctx, m=1), lambda dim: 1),
+    (lambda dim, ctx: OrthogonalSylvesterFlow(dim, ctx, m=max(1, dim // 2)), lambda dim: max(1, dim // 2)),
+    (lambda dim, ctx: HouseholderSylvesterFlow(dim, ctx, householders=1), lambda dim: dim),
+    (lambda dim, ctx: HouseholderSylvesterFlow(dim, ctx), lambda dim: dim),
+])
+@pytest.mark.parametrize('dim', [1, 2, 7])
+@pytest.mark.parametrize('amortized', [False, True])
+def test_sylvester_q_is_orthonormal_and_log_det_matches_autograd(make, columns, dim, amortized):
+    step = perturb(make(dim, CONTEXT_DIM if amortized else None))
+    z, context = inputs(dim, amortized, batch=3)
+    Q = sylvester_basis(step, z, context)
+    m = columns(dim)
+    assert Q.shape == ((3, dim, m) if amortized else (dim, m))
+    torch.testing.assert_close(Q.mT @ Q, torch.eye(m).expand_as(Q.mT @ Q), atol=1e-10, rtol=0)
+    if amortized and dim > 1:
+        assert not torch.allclose(Q[0], Q[1])   # one Q per example
+    torch.testing.assert_close(step(z, context)[1], autograd_log_det(step, z, context), atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+def test_triangular_sylvester_basis_is_identity_or_reversal(reverse):
+    step = perturb(TriangularSylvesterFlow(4, reverse=reverse))
+    z, _ = inputs(4, False)
+    assert step.project(z, None).tolist() == (z.flip(-1) if reverse else z).tolist()
+    assert [s.reverse for s in build_flow('sylvester-triangular', 4, 3).steps] == [False, True, False]
+
+
+def set_sylvester_diagonals(step, amortized, r_diag, r_tilde_diag):
+    """Pin the raw (pre-tanh) diagonals of R and R̃ (M,) each, whatever the context."""
+    tri = step.sizes[0]
+    where = torch.nonzero(step.rows == step.cols).squeeze(-1)
+    with torch.no_grad():
+        for offset, values in ((0, r_diag), (tri, r_tilde_diag)):
+            if amortized:
+                step.to_theta.weight[offset + where] = 0
+                step.to_theta.bias[offset + where] = values
+            else:
+                step.theta[offset + where] = values
+
+
+@pytest.mark.parametrize('kind', SYLVESTER_KINDS)
+@pytest.mark.parametrize('amortized', [False, True])
+@pytest.mark.parametrize('raw', [30.0, 3.0, None])
+def test_sylvester_stays_invertible_with_adversarial_diagonals(kind, amortized, raw):
+    """R_ii R̃_ii = tanh(±raw) tanh(∓raw) reaches −1 (exactly, in float64, at raw = 30); det J stays > 0."""
+    dim = 4
+    for seed in range(3):
+        step = perturb(build_flow(kind, dim, 1, CONTEXT_DIM if amortized else None).steps[0], scale=2.0, seed=seed)
+        if raw is not None:
+            signs = torch.tensor([1.0, -1.0, 1.0, -1.0])
+            set_sylvester_diagonals(step, amortized, raw * signs, -raw * signs)
+        z, context = inputs(dim, amortized, batch=8, scale=3.0, seed=seed)
+        z_k, log_det = step(z, context)
+        assert_finite(log_det, (8,))
+        for i in range(8):
+            J = jacobian(lambda x: step(x[None], None if context is None else context[i:i + 1])[0][0], z[i])
+            assert torch.linalg.det(J) > 0
+        torch.testing.assert_close(log_det, autograd_log_det(step, z, context), atol=1e-6, rtol=0)
+
+
+def test_sylvester_log_det_is_the_papers_where_h_is_zero():
+    """Where R̃ Qᵀz + b = 0, h' = 1 and log|det| = Σ log(1 + R_ii R̃_ii) (van den Berg et al. 2018)."""
+    step = perturb(TriangularSylvesterFlow(3))
+    with torch.no_grad():
+        step.theta[-3:] = 0                                            # b = 0 (the flow has no Q parameters)
+    r, r_tilde, _, _ = step.theta.split(step.sizes)
+    diag = torch.diagonal(step.upper(r)) * torch.diagonal(step.upper(r_tilde))
+    assert diag.min() < 0 < diag.max()
+    _, log_det = step(torch.zeros(2, 3))
+    torch.testing.assert_close(log_det, torch.log1p(diag).sum().expand(2))
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('amortized', [False, True])
+def test_iaf_jacobian_is_triangular_in_the_steps_order(reverse, amortized):
+    dim = 5
+    step = perturb(IAFStep(dim, CONTEXT_DIM if amortized else None, reverse=reverse), scale=0.2)
+    z, context = inputs(dim, amortized, batch=3)
+    order = torch.arange(dim).flip(0) if reverse else torch.arange(dim)
+    m, s = step.made(z, context)
+    for i in range(3):
+        J = jacobian(lambda x: step(x[None], None if context is None else context[i:i + 1])[0][0], z[i])
+        J = J[order][:, order]                                         # rows, columns in the step's order
+        assert (torch.triu(J, diagonal=1) == 0).all()
+        assert (torch.tril(J, diagonal=-1).abs() > 1e-6).sum() >= dim  # and not diagonal
+        torch.testing.assert_close(J.diagonal(), torch.sigmoid(s[i][order]))
+
+
+def test_iaf_orders_alternate_and_one_dimension_is_constant():
+    assert [s.reverse for s in build_flow('iaf', 3, 3).steps] == [False, True, False]
+    step = perturb(IAFStep(1), scale=0.2)
+    m, s = step.made(torch.linspace(-3, 3, 7)[:, None], None)
+    assert torch.equal(m, m[:1].expand_as(m)) and torch.equal(s, s[:1].expand_as(s))
+
+
+def test_iaf_starts_near_the_identity_scaled():
+    """Forget-gate bias: a new step is z' = sigmoid(2) z, log|det| = D log sigmoid(2)."""
+    step = IAFStep(3)
+    z = torch.randn(4, 3)
+    z_k, log_det = step(z)
+    torch.testing.assert_close(z_k, torch.sigmoid(torch.tensor(2.0)) * z)
+    torch.testing.assert_close(log_det, 3 * torch.nn.functional.logsigmoid(torch.tensor(2.0)).expand(4))
+
+
+def test_new_flows_give_their_options_to_their_steps():
+    assert [s.m for s in build_flow('sylvester-orthogonal', 5, 2, sylvester_m=3).steps] == [3, 3]
+    assert build_flow('sylvester-orthogonal', 5, 1).steps[0].m == 5
+    assert build_flow('sylvester-householder', 5, 1, householders=3).steps[0].householders == 3
+    assert build_flow('iaf', 5, 1, hidden_dim=17).steps[0].hidden.weight.shape == (17, 5)
+    assert build_flow('iaf', 40, 1).steps[0].hidden.weight.shape == (160, 40)
+    assert all(isinstance(s, SylvesterFlow) for kind in SYLVESTER_KINDS for s in build_flow(kind, 3, 2).steps)
+
+
+@pytest.mark.parametrize('dim', [1, 5, 40])
+@pytest.mark.parametrize('amortized', [False, True])
+def test_iaf_forward_then_inverse(dim, amortized):
+    flow = perturb(build_flow('iaf', dim, 4, CONTEXT_DIM if amortized else None), scale=PERTURB_SCALE['iaf'])
+    z, context = inputs(dim, amortized)
+    z_k, log_det = flow(z, context)
+    z_back, log_det_inv = flow.inverse(z_k, context)
+    torch.testing.assert_close(z_back, z, atol=1e-8, rtol=0)
+    torch.testing.assert_close(log_det_inv, -log_det)
+    assert log_det.std() > 1e-3 if dim > 1 or amortized else log_det.abs().min() > 1e-3
