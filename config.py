@@ -92,8 +92,9 @@ def base_parser(description, latent_dim, max_iter):
 
 
 def flow_options(args):
-    """build_flow's keyword options from the flags."""
-    return dict(sylvester_m=args.sylvester_m or None, householders=args.householders)
+    """build_flow's keyword options from the flags; a config saved before these flags existed gets their defaults."""
+    return dict(sylvester_m=getattr(args, 'sylvester_m', 0) or None,
+                householders=getattr(args, 'householders', HOUSEHOLDERS))
 
 
 def explicit_flags(parser, argv):

@@ -37,7 +37,7 @@ from vae import iw_log_likelihood, training_loss  # noqa: E402
 def config(**overrides):
     """The original defaults (--batch_size 128 --layer 2 --hidden_dim 400 --latent_dim 2)."""
     base = dict(dataset='mnist', batch_size=128, layer=2, hidden_dim=400, latent_dim=2, gate=0, flow='none',
-                length=16, sylvester_m=0, householders=8, amortized=False, lr=1e-3, momentum=0.9, decay=0.999, objective='elbo', warmup=0,
+                length=16, amortized=False, lr=1e-3, momentum=0.9, decay=0.999, objective='elbo', warmup=0,
                 clip_grad=0.0, precision='fp32', base_dim=8, scale=2, res_blocks=1, bottleneck=0, weight_norm=1)
     return SimpleNamespace(**{**base, **overrides})
 
