@@ -1,60 +1,127 @@
-"""Print the test-set tables of a folder of runs made by run_results.sh (OUT/SECTION/RUN/logs/*.jsonl).
+"""The README's results tables, printed from the committed run files under results/SECTION/RUN/.
 
-    python benchmarks/results_table.py results/mnist40
+    python benchmarks/results_table.py results/mnist40_full [--curves plots/mnist40_full_val_elbo.png]
 
-Each run's numbers are the last final record of its log. RUN is MODEL_MODE_FLOW (e.g. mlp_static_planar).
-The first table has a row per flow and a pair of columns (ELBO, IW) per model and mode, in nats for
-binary data and bits/dim for 8-bit data; the second lists every run with its iterations, skipped steps and K.
+RUN is MODEL_MODE_FLOW or MODEL_MODE_FLOW_seedN (e.g. mlp_amortized_planar_seed1); each holds log.jsonl (the
+run's log) and, from runs made since summaries exist, summary.json (flags, device, time). A run's numbers are
+its log's last final record; runs of one model that differ only in seed are one row, mean ± standard deviation.
+Test-set numbers, in nats for binary data and bits/dim for 8-bit data; with a validation set they are those of
+the best checkpoint, whose iteration (and epoch) the table gives. `--curves` draws the validation ELBO against
+the epoch for the plain VAE and each amortized flow.
 """
+import argparse
 import glob
 import json
 import os
-import sys
+import re
+import statistics
 
-FLOWS = ('none', 'planar', 'radial', 'householder', 'nice')
-
-
-def final_record(folder):
-    """The last final record of the run's log, or None when the run has not finished."""
-    finals = []
-    for path in glob.glob(os.path.join(folder, 'logs', '*.jsonl')):
-        with open(path) as f:
-            finals += [r for r in map(json.loads, f) if r.get('final')]
-    return finals[-1] if finals else None
+FLOW_ORDER = ('none', 'planar', 'radial', 'householder', 'nice', 'sylvester-orthogonal', 'sylvester-householder',
+              'sylvester-triangular', 'iaf')
 
 
-def numbers(record):
-    """(ELBO, IW, unit) as printed: nats, or bits/dim (lower is better) for 8-bit data."""
-    if 'test_bpd_elbo' in record:
-        return f'{record["test_bpd_elbo"]:.4f}', f'{record.get("test_bpd_log_px_iw", float("nan")):.4f}', 'bits/dim'
-    return f'{record["test_elbo"]:.2f}', f'{record.get("test_log_px_iw", float("nan")):.2f}', 'nats'
+def read_run(folder):
+    """(records of log.jsonl, summary dict or {}) of one committed run."""
+    with open(os.path.join(folder, 'log.jsonl')) as f:
+        records = [json.loads(line) for line in f]
+    path = os.path.join(folder, 'summary.json')
+    summary = json.load(open(path)) if os.path.exists(path) else {}
+    return records, summary
 
 
-def main(section):
+def split_name(name):
+    """'mlp_amortized_planar_seed1' -> ('mlp', 'amortized', 'planar', 1); no suffix: seed 0."""
+    match = re.fullmatch(r'([a-z]+)_([a-z]+)_(.+?)(?:_seed(\d+))?', name)
+    model, mode, flow, seed = match.groups()
+    return model, mode, flow, int(seed or 0)
+
+
+def cell(values, digits):
+    """'x' for one value, 'mean ± std' for several."""
+    if not values:
+        return '–'
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
+
+
+def table(section):
     runs = {}
-    for name in sorted(os.listdir(section)):
-        record = final_record(os.path.join(section, name))
-        model, mode, flow = name.split('_', 2)
-        if record is not None:
-            runs[model, mode, flow] = record
+    for folder in sorted(glob.glob(os.path.join(section, '*', 'log.jsonl'))):
+        folder = os.path.dirname(folder)
+        records, summary = read_run(folder)
+        finals = [r for r in records if r.get('final')]
+        if finals:
+            model, mode, flow, seed = split_name(os.path.basename(folder))
+            runs.setdefault((model, mode, flow), []).append((seed, finals[-1], summary))
     if not runs:
         print(f'{section}: no finished runs')
         return
-    columns = sorted({(model, mode) for model, mode, _ in runs}, key=lambda c: (c[0] != 'mlp', c[1] != 'static'))
-    unit = numbers(next(iter(runs.values())))[2]
-    print(f'\n{section} (test set; {unit}; ELBO and IW log-likelihood, or -ELBO and -log p(x) in bits/dim)\n')
-    header = ''.join(f' {model} {mode}: ELBO | {model} {mode}: IW |' for model, mode in columns)
-    print(f'| flow (length 16) |{header}')
-    print('|---|' + '---:|' * 2 * len(columns))
-    for flow in [f for f in FLOWS if any(key[2] == f for key in runs)]:
-        cells = [' | '.join(numbers(runs[c + (flow,)])[:2]) if c + (flow,) in runs else '– | –' for c in columns]
-        print(f'| {flow} | ' + ' | '.join(cells) + ' |')
-    print('\n| run | iterations | skipped steps | K |')
-    print('|---|---:|---:|---:|')
-    for (model, mode, flow), record in sorted(runs.items()):
-        print(f'| {model}_{mode}_{flow} | {record["iter"]} | {record["skipped"]} | {record.get("iw_samples", "–")} |')
+    binary = 'test_bpd_elbo' not in next(iter(runs.values()))[0][1]
+    unit, key, digits = ('nats', 'test_', 2) if binary else ('bits/dim', 'test_bpd_', 4)
+    print(f'\n{section} (test set, {unit})\n')
+    print('| model | flow | seeds | ELBO | log p(x), IW | IW − ELBO | K | best validation ELBO | best iteration (epoch) | it/s |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+    order = {flow: i for i, flow in enumerate(FLOW_ORDER)}
+    for (model, mode, flow), group in sorted(runs.items(), key=lambda kv: (kv[0][1] != 'static' or kv[0][2] == 'none',
+                                                                              kv[0][0], kv[0][1], order.get(kv[0][2]))):
+        finals = [final for _, final, _ in group]
+        elbo = [f[f'{key}elbo'] for f in finals]
+        iw = [f[f'{key}log_px_iw'] for f in finals if f'{key}log_px_iw' in f]
+        gap = [abs(f[f'{key}log_px_iw'] - f[f'{key}elbo']) for f in finals if f'{key}log_px_iw' in f]
+        best = []
+        for _, final, summary in group:
+            if 'best_iter' in final:
+                per_epoch = epoch_length(summary)
+                best.append(f"{final['best_iter']}" + (f" ({final['best_iter'] / per_epoch:.0f})" if per_epoch else ''))
+        speed = [s['its_per_s'] for _, _, s in group if s.get('its_per_s')]
+        val = [f['best_val_elbo'] for f in finals if 'best_val_elbo' in f]
+        k = {f.get('iw_samples', '–') for f in finals}
+        print(f'| {model} {mode} | {flow} | {len(group)} | {cell(elbo, digits)} | {cell(iw, digits)} | '
+              f'{cell(gap, digits)} | {"/".join(map(str, sorted(k, key=str)))} | {cell(val, 2)} | {", ".join(best) or "–"} | '
+              f'{cell(speed, 0)} |')
+
+
+def epoch_length(summary):
+    """Iterations per epoch of a run (its training images // batch size), from its flags; None if unknown."""
+    cfg = summary.get('config')
+    if not cfg or cfg.get('dataset') != 'mnist':
+        return None
+    return (60000 - cfg.get('val_size', 0)) // cfg['batch_size']
+
+
+def curves(section, path):
+    """Validation ELBO against epoch for the plain VAE and each amortized flow (seed 0)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout='constrained')
+    for flow in FLOW_ORDER:
+        name = 'mlp_static_none' if flow == 'none' else f'mlp_amortized_{flow}'
+        folders = glob.glob(os.path.join(section, f'{name}_seed0')) or glob.glob(os.path.join(section, name))
+        if not folders:
+            continue
+        records, summary = read_run(folders[0])
+        points = [r for r in records if 'val_elbo' in r]
+        per_epoch = epoch_length(summary) or 1
+        ax.plot([r['iter'] / per_epoch for r in points], [r['val_elbo'] for r in points], lw=1.2,
+                label=f'{flow}' + (' (amortized)' if flow != 'none' else ''), color='k' if flow == 'none' else None)
+    ax.set(xlabel='epoch', ylabel='validation ELBO (nats)', title=os.path.basename(section.rstrip('/')))
+    tops = [line.get_ydata().max() for line in ax.get_lines()]
+    if tops:   # the late epochs, where the flows differ, not the first ones
+        ax.set_ylim(min(tops) - 6, max(tops) + 0.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-    for folder in sys.argv[1:]:
-        main(folder)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('sections', nargs='+', help='folders results/SECTION')
+    p.add_argument('--curves', help='also draw the validation curves of the (first) section into this PNG')
+    a = p.parse_args()
+    for s in a.sections:
+        table(s)
+    if a.curves:
+        curves(a.sections[0], a.curves)

@@ -18,7 +18,8 @@
 #   lr_schedule  the check behind the cosine schedule: the plain VAE of mnist40_full, 20,000 iterations,
 #            constant and cosine learning rate, validation ELBO only
 #
-# Environment [default]: OUT [results] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...};
+# Environment [default]: OUT [runs] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...}; at the end
+# benchmarks/collect_results.py copies each finished run's log and summary to results/SECTION/RUN/;
 # ITERS [5000, as in the README]; FLOWS [none planar radial householder nice] (fashion: none planar);
 # K_CONV [250]; JOBS [number of CPUs] runs at once, one CPU thread each;
 # TRAIN_DEVICE [auto] trains the MLP runs, CONV_DEVICE [auto] the conv runs, EVAL_DEVICE [auto]
@@ -27,7 +28,7 @@
 # at the iteration it reached, which the table shows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-results}
+OUT=${OUT:-runs}
 ITERS=${ITERS:-5000}
 K_CONV=${K_CONV:-250}
 JOBS=${JOBS:-$(nproc)}
@@ -123,7 +124,7 @@ for section in "${sections[@]}"; do
       done ;;
     lr_schedule)
       for schedule in none cosine; do
-        launch lr_schedule "mlp_static_none_$schedule" static_flow_vae.py "$TRAIN_DEVICE" 0 \
+        launch lr_schedule "mlp_static_none_lr-${schedule/none/constant}" static_flow_vae.py "$TRAIN_DEVICE" 0 \
           --latent_dim 40 --length 16 --max_iter 20000 --warmup 2000 --val_size 10000 --eval_every 1950 \
           --log_every 390 --sample_every 20000 --compile 1 --precision bf16 --lr_schedule "$schedule"
       done ;;
@@ -133,5 +134,6 @@ for section in "${sections[@]}"; do
 done
 wait
 for section in "${sections[@]}"; do
-  python benchmarks/results_table.py "$OUT/$section"
+  python benchmarks/collect_results.py "$OUT/$section" "results/$section"
+  python benchmarks/results_table.py "results/$section"
 done
