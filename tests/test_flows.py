@@ -1,5 +1,6 @@
 """Every flow's log-determinant against autograd, every inverse by a round trip, and the guards."""
 import copy
+import math
 
 import pytest
 import torch
@@ -335,8 +336,8 @@ def test_bad_step_arguments_raise_value_error(call, message):
 
 
 @pytest.mark.parametrize('wu', [-5.0, -1.0, 0.0, 2.0])
-def test_planar_constraint_gives_the_papers_det(wu):
-    """Where w^T z + b = 0, tanh' = 1 and det = 1 + w^T û = softplus(w^T u) (appendix A.1)."""
+def test_planar_constraint_gives_the_det_of_m(wu):
+    """Where w^T z + b = 0, tanh' = 1 and det = 1 + w^T û = 1 + m(w^T u) = softplus(w^T u + log(e - 1))."""
     dim = 3
     step = PlanarFlow(dim)
     w = torch.tensor([0.6, -0.8, 0.5])
@@ -347,7 +348,32 @@ def test_planar_constraint_gives_the_papers_det(wu):
     z = torch.randn(5, dim)
     z = z - ((z @ w + b) / w.dot(w))[:, None] * w                     # project onto w^T z + b = 0
     _, log_det = step(z)
-    torch.testing.assert_close(log_det, torch.nn.functional.softplus(torch.tensor(wu)).log().expand(5))
+    expected = torch.nn.functional.softplus(torch.tensor(wu) + math.log(math.e - 1)).log()
+    torch.testing.assert_close(log_det, expected.expand(5))
+    if wu == 0:
+        assert float(expected) == pytest.approx(0.0, abs=1e-7)      # m(0) = 0: det 1
+
+
+@pytest.mark.parametrize('amortized', [False, True])
+@pytest.mark.parametrize('w_norm', [1e-2, 1e-4, 1e-6])
+def test_planar_u_hat_stays_bounded_as_w_vanishes(w_norm, amortized):
+    """With w -> 0 (so w^T u -> 0 too) the invertibility correction of û stays O(‖u‖): the map moves z by at
+    most about ‖u‖, and the gradient stays bounded. The paper's m(a) = -1 + softplus(a) gives ‖û‖ ≈ 0.31/‖w‖."""
+    dim = 3
+    step = PlanarFlow(dim, CONTEXT_DIM if amortized else None)
+    u = torch.tensor([0.5, -0.4, 0.3])
+    w = w_norm * torch.tensor([0.6, 0.8, 0.0])
+    theta = torch.cat([u, w, torch.tensor([1.0])])                   # tanh(w^T z + b) ≈ tanh(1)
+    with torch.no_grad():
+        if amortized:
+            step.to_theta.weight.zero_()
+            step.to_theta.bias.copy_(theta)
+        else:
+            step.theta.copy_(theta)
+    z, context = inputs(dim, amortized, batch=8, scale=1.0)
+    z_k, _ = step(z, context)
+    shift = (z_k - z).norm(dim=-1)                                    # = ‖û‖ |tanh(w^T z + b)|
+    assert (shift < 1.5 * u.norm()).all(), shift
 
 
 def sylvester_basis(step, z, context):
