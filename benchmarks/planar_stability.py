@@ -2,6 +2,7 @@
 largest ‖û‖ over the batch, to find what precedes a collapse of the ELBO.
 
     python benchmarks/planar_stability.py --out runs/planar_stability.jsonl [script flags ...]
+    python benchmarks/planar_stability.py --summarize FILE.jsonl[.gz] ...
 
 By default it trains the 2-D amortized planar-16 run of `run_results.sh latent2` (dynamic_flow_vae.py
 --latent_dim 2 --length 16 --flow planar --max_iter 10000, seed 0) with the scripts' own training step, and
@@ -9,8 +10,10 @@ writes one JSON line per iteration. û = u + (m(wᵀu) − wᵀu) w/‖w‖² gr
 is one candidate cause; a gradient spike from elsewhere is the other.
 """
 import argparse
+import gzip
 import json
 import os
+import statistics
 import sys
 
 import torch
@@ -33,10 +36,38 @@ def planar_norms(step, z, context):
     return ww.sqrt().min().item(), u_hat.norm(dim=-1).max().item()
 
 
+def summarize(path, block=1000, spike=10):
+    """Per block of iterations: mean and largest loss, median and largest gradient norm, smallest ‖w‖, largest
+    ‖û‖; then how many gradient spikes (over `spike` times the block's median) came with ‖û‖ > 50."""
+    with (gzip.open if path.endswith('.gz') else open)(path, 'rt') as f:
+        rows = [json.loads(line) for line in f]
+    print(f'\n{path}\n| iterations | mean loss | max loss | median grad norm | max grad norm | min ‖w‖ | max ‖û‖ |')
+    print('|---|---:|---:|---:|---:|---:|---:|')
+    spikes = []
+    for start in range(0, len(rows), block):
+        b = rows[start:start + block]
+        median = statistics.median(r['grad_norm'] for r in b)
+        spikes += [r for r in b if r['grad_norm'] > spike * median]
+        print(f"| {b[0]['iter']}–{b[-1]['iter']} | {statistics.mean(r['loss'] for r in b):.1f} | "
+              f"{max(r['loss'] for r in b):.1f} | {median:.0f} | {max(r['grad_norm'] for r in b):.0f} | "
+              f"{min(r['min_w'] for r in b):.4f} | {max(r['max_u_hat'] for r in b):.1f} |")
+    with_big_u = sum(r['max_u_hat'] > 50 for r in spikes)
+    print(f'{len(spikes)} gradient spikes (> {spike}x the median of their block); {with_big_u} of them with ‖û‖ > 50; '
+          f'{sum(r["max_u_hat"] > 50 for r in rows)} iterations in all with ‖û‖ > 50')
+    top = sorted(rows, key=lambda r: -r['grad_norm'])[:10]
+    print('the 10 largest gradient norms (iteration: norm, min ‖w‖, max ‖û‖): ' + '; '.join(
+        f"{r['iter']}: {r['grad_norm']:.0f}, {r['min_w']:.4f}, {r['max_u_hat']:.0f}" for r in top))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--out', required=True, help='JSONL file, one line per iteration')
+    p.add_argument('--out', help='JSONL file, one line per iteration')
+    p.add_argument('--summarize', nargs='+', metavar='FILE', help='print the tables of finished files instead')
     known, rest = p.parse_known_args()
+    if known.summarize:
+        for path in known.summarize:
+            summarize(path)
+        return
     parser = static_flow_vae.add_mlp_flags(config.base_parser('', latent_dim=20, max_iter=10000))
     parser.set_defaults(amortized=True)
     argv = DEFAULT + rest + ['--out_dir', os.path.dirname(os.path.abspath(known.out)) or '.']
