@@ -14,7 +14,8 @@
 #            1,000 epochs (390,000 iterations) with a cosine learning rate, the validation ELBO every 5 epochs,
 #            stopping after 10 evaluations (50 epochs) without a better one; the best model is evaluated
 #            with K = 5000. Runs: none and amortized planar with seeds 0, 1, 2, then the other amortized
-#            and static flows with seed 0. A run folder that has a checkpoint is resumed, not restarted.
+#            and static flows with seed 0, then the amortized Sylvester flows (M = D, H = 8) and IAF with
+#            seed 0. A run folder that has a checkpoint is resumed, not restarted.
 #   lr_schedule  the check behind the cosine schedule: the plain VAE of mnist40_full, 20,000 iterations,
 #            constant and cosine learning rate, validation ELBO only
 #
@@ -120,6 +121,10 @@ for section in "${sections[@]}"; do
       done
       for flow in planar radial householder nice; do
         launch mnist40_full "mlp_static_${flow}_seed0" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
+          --flow "$flow" --seed 0
+      done
+      for flow in sylvester-orthogonal sylvester-householder sylvester-triangular iaf; do
+        launch mnist40_full "mlp_amortized_${flow}_seed0" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
           --flow "$flow" --seed 0
       done ;;
     lr_schedule)
