@@ -36,6 +36,7 @@ report=()
 
 if ((DRY)); then
   DEVICE=cpu
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # tiny models: one thread, and no spinning on a busy machine
   STEPS=(--iters 13 --batch_size 16 --hidden_dim 16 --mm_size 128 --sync_repeats 1 --iw 5 20
          --variants eager+sync,eager,graphs,bf16)
   COMPILED=(--rows 0 --variants compiled)   # torch.compile once on the CPU, where it is slow
