@@ -58,7 +58,10 @@ def base_parser(description, latent_dim, max_iter):
                    help='cosine: the learning rate falls from --lr to 0 over --max_iter iterations '
                         '(half a cosine, Loshchilov & Hutter 2017); none: constant')
     p.add_argument('--max_bad_steps', type=int, default=10,
-                   help='stop after this many consecutive non-finite steps (each one is skipped)')
+                   help='stop after this many consecutive non-finite steps (each one is skipped). The count '
+                        'stays on the device and is read every --log_every iterations (and at evaluations '
+                        'and checkpoints), so the run stops at the first of those at which the streak has '
+                        'reached N: up to --log_every - 1 iterations after the Nth')
     p.add_argument('--seed', type=int, default=0, help='random seed')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda', 'mps'),
                    help='auto picks CUDA, then MPS, then the CPU')
@@ -77,9 +80,11 @@ def base_parser(description, latent_dim, max_iter):
     p.add_argument('--ckpt_every', type=int, default=1000, help='save a checkpoint every N iterations')
     p.add_argument('--resume', default=None, metavar='PATH', help='continue from this checkpoint')
     p.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
-    p.add_argument('--compile', type=int, default=0, choices=(0, 1),
+    p.add_argument('--compile', type=int, default=0, choices=(0, 1, 2),
                    help='1: run the training forward through torch.compile (fuses the flow steps; compiling '
-                        'takes about half a minute on a 2-core CPU; on the CPU it needs a C++ compiler)')
+                        'takes about half a minute on a 2-core CPU; on the CPU it needs a C++ compiler). '
+                        '2 (CUDA only): as 1 with mode="reduce-overhead", which also captures the compiled '
+                        'forward and backward in CUDA graphs and replays them, one launch each per step')
     p.add_argument('--precision', default='fp32', choices=tuple(PRECISIONS),
                    help="bf16: the training forward under torch.autocast, so the encoder's and decoder's matrix "
                         'products run in bfloat16; the flow, the densities and the loss stay float32, and '

@@ -79,20 +79,36 @@ def precision_autocast(device_type, precision):
     return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
 
 
+def uses_fused_adam(optimizer):
+    """Whether every parameter group steps with torch's fused Adam kernel (train.FUSED_ADAM_DEVICES)."""
+    return all(group.get('fused') for group in optimizer.param_groups)
+
+
 def train_step(model, optimizer, params, x, log_det_pre, args, it, net=None, mark=None):
-    """One Adam step on the batch's mean loss; returns (loss, applied).
+    """One Adam step on the batch's mean loss; returns (loss, applied), 0-d tensors on the device.
 
     `net` runs the forward: the DistributedDataParallel wrapper of `model` (distributed.wrap) under
     torchrun. Each rank's loss is then the mean over its slice of the global batch and DDP averages the
     gradients over the ranks, which gives the gradient of the global batch's mean loss; the returned
-    loss is all-reduced to that mean too, so every rank sees the same loss and gradient norm and
-    applies or skips the same steps. A step whose loss or gradient norm is not finite is not applied.
-    Checking that is the one host sync per step, the price of never letting a NaN reach the parameters.
+    loss is all-reduced to that mean too, together with the flag below, so every rank sees the same loss
+    and applies or skips the same steps.
+
+    A step whose loss or gradient norm is not finite is not applied, and it is decided on the device:
+    `found_inf` is 1.0 for such a step, else 0.0 (a float32 tensor, torch.amp.GradScaler's convention),
+    and it is set as an attribute of the optimizer for the one call of `optimizer.step()`, as GradScaler
+    does. The fused Adam kernel (CPU and CUDA) then leaves the parameters and both moments untouched, and
+    takes back the increment of its step counter, so a skipped step leaves Adam's state bit for bit as it
+    was. Clipping (--clip_grad) uses the norm already computed, on the device. So the step has no host
+    sync, and a GPU never waits for the CPU. Where Adam is not fused (MPS) the flag is read on the host
+    and optimizer.step() is not called for a skipped step: one sync per step.
     With --precision bf16 the forward runs under torch.autocast (FlowVAE.forward keeps the terms float32).
+    With --compile 2 `net` replays CUDA graphs; what it returned in the last step is not read after this.
     `mark(part)`, if given, is called as each part ends: 'forward', 'backward', 'grad norm', 'Adam' (the
     benchmark's timer).
     """
     mark = mark or (lambda part: None)
+    if getattr(args, 'compile', 0) == 2:
+        torch.compiler.cudagraph_mark_step_begin()   # the last step's graph outputs are no longer read
     with precision_autocast(x.device.type, args.precision):
         terms = (model if net is None else net)(x)
     beta = warmup_beta(it, args.warmup)
@@ -103,15 +119,60 @@ def train_step(model, optimizer, params, x, log_det_pre, args, it, net=None, mar
     mark('backward')
     grads = [p.grad for p in params if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm(grads)
-    loss = distributed.mean(loss.detach())
-    applied = bool(torch.isfinite(loss + grad_norm))
+    loss = loss.detach().float()
+    nonfinite = torch.logical_not(torch.isfinite(loss + grad_norm)).float()
+    loss, nonfinite = distributed.mean(torch.stack([loss, nonfinite])).unbind()   # one all-reduce for both
+    found_inf = (nonfinite > 0).float()   # 1.0 when any rank's loss, or the gradient norm, is not finite
+    applied = found_inf == 0
     mark('grad norm')
-    if applied:
-        if args.clip_grad:
-            torch.nn.utils.clip_grads_with_norm_(grads, args.clip_grad, grad_norm)
+    if args.clip_grad:
+        torch.nn.utils.clip_grads_with_norm_(grads, args.clip_grad, grad_norm)   # no sync: a tensor product
+    if uses_fused_adam(optimizer):
+        optimizer.found_inf = found_inf
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif applied:   # the host sync of the unfused path
         optimizer.step()
     mark('Adam')
     return loss, applied
+
+
+class StepCounters:
+    """The loop's bookkeeping of steps, kept on the device so that an iteration needs no host sync.
+
+    `update` adds one step: the running sum of applied losses and their count (for the logged mean), the
+    steps skipped since the last read, the current streak of consecutive skipped steps and the longest
+    streak since the last read. `read` copies them to the host in one transfer (a sync); the loop calls it
+    at log, evaluation and checkpoint iterations only, so --max_bad_steps acts at the first of those at
+    which a streak has reached it.
+    """
+
+    def __init__(self, device):
+        zero = torch.zeros((), device=device)
+        self.loss_sum, self.n, self.skipped, self.bad, self.worst = (zero.clone() for _ in range(5))
+
+    def update(self, loss, applied):
+        self.loss_sum += torch.where(applied, loss, 0.0)
+        self.n += applied
+        self.skipped += torch.logical_not(applied)
+        self.bad = torch.where(applied, 0.0, self.bad + 1)
+        self.worst = torch.maximum(self.worst, self.bad)
+
+    def read(self):
+        """(mean applied loss since reset_running (nan if none), steps skipped since the last read,
+        current streak, longest streak since the last read); then the skipped count and the longest
+        streak restart from here."""
+        loss_sum, n, skipped, bad, worst = torch.stack(
+            [self.loss_sum, self.n, self.skipped, self.bad, self.worst]).tolist()
+        self.skipped.zero_()
+        self.worst.copy_(self.bad)
+        return loss_sum / n if n else math.nan, int(skipped), int(bad), int(worst)
+
+    def reset_running(self):
+        self.loss_sum.zero_()
+        self.n.zero_()
 
 
 class StopRequest:
@@ -168,10 +229,12 @@ def train(run):
     net, main = distributed.wrap(model), distributed.is_main()
     if args.compile:
         torch._inductor.config.fallback_random = True   # draw eps from torch's generator, as in eager mode
-        net = torch.compile(net)
+        # 2: CUDA graphs of the compiled forward and backward (inductor's cudagraph trees), refused by setup
+        # but on one CUDA device
+        net = torch.compile(net, mode='reduce-overhead' if args.compile == 2 else None)
 
     it, bad = state['iter'], 0
-    running, n_running = torch.zeros((), device=images.device), 0
+    counters = StepCounters(images.device)
     t_last, it_last, t_other = time.perf_counter(), it, 0.0   # t_other: time spent outside training steps
     bar = tqdm(total=args.max_iter, initial=it, disable=None if main else True, dynamic_ncols=True, desc=run.prefix)
     with StopRequest() as stop:
@@ -180,37 +243,34 @@ def train(run):
             for group in optimizer.param_groups:
                 group['lr'] = learning_rate(it, args)
             x, log_det_pre = pre(next(run.batches)[0], train=True)
-            loss, applied = train_step(model, optimizer, params, x, log_det_pre, args, it, net)
-            if applied:
-                running += loss
-                n_running, bad = n_running + 1, 0
-            else:
-                state['skipped'] += 1
-                bad += 1
-                if bad >= args.max_bad_steps:
+            counters.update(*train_step(model, optimizer, params, x, log_det_pre, args, it, net))
+            bar.update(1)
+            # the counters stay on the device but at these iterations, where they are read (one sync)
+            if it % args.log_every == 0 or it == args.max_iter or it % args.eval_every == 0 \
+                    or it % args.ckpt_every == 0:
+                mean_loss, skipped, bad, worst = counters.read()
+                state['skipped'] += skipped
+                if worst >= args.max_bad_steps:
                     bar.close()
                     ckpt_path = run.path('checkpoints', '.pt')
                     kept = f'the last good checkpoint is {ckpt_path}' if os.path.exists(ckpt_path) \
                         else 'no checkpoint was saved yet'
                     raise Diverged(
-                        f'training stopped at iteration {it}: {bad} consecutive non-finite losses or '
+                        f'training stopped at iteration {it}: {worst} consecutive non-finite losses or '
                         f'gradients with the {args.flow} flow (length {args.length}); {kept}. '
                         f'Lower --lr (now {args.lr:g}) or set --clip_grad (e.g. 100), then --resume')
-            bar.update(1)
-
             if it % args.log_every == 0 or it == args.max_iter:
                 now = time.perf_counter()
-                mean_loss = (running / n_running).item() if n_running else math.nan   # nan: every step skipped
                 record = {'iter': it, 'loss': mean_loss, 'its_per_s': (it - it_last) / (now - t_last - t_other),
-                          'skipped': state['skipped']}
+                          'skipped': state['skipped']}   # loss: nan when every step since the last log was skipped
                 if not pre.binary:
                     record['bpd'] = bits_per_dim(-mean_loss, images[0].numel())
                 state['history']['train'].append(record)
                 if main:
                     log_json(log_path, record)
                 bar.set_postfix(loss=f'{mean_loss:.2f}', skipped=state['skipped'])
-                running.zero_()
-                n_running, t_last, it_last, t_other = 0, now, it, 0.0
+                counters.reset_running()
+                t_last, it_last, t_other = now, it, 0.0
             t_start = time.perf_counter()
             if it % args.eval_every == 0 or it == args.max_iter:
                 record = {'iter': it, **evaluate(model, pre, images, split=split)}   # every rank: split over them
@@ -234,6 +294,7 @@ def train(run):
             t_other += time.perf_counter() - t_start
         bar.close()
         if stop.signum is not None:
+            state['skipped'] += counters.read()[1]
             if main:
                 checkpoint(run, it)
                 plotting.plot_curves(state['history'], run.path('plots', '_curves.png'))
@@ -315,6 +376,10 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
         device = distributed.setup(pick_device(args.device))
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if args.compile == 2 and (device.type != 'cuda' or distributed.active()):
+        where = f'this {device.type} device' if device.type != 'cuda' else 'torchrun'
+        raise UsageError(f'--compile 2 (CUDA graphs) needs one CUDA device in a single process, not {where}: '
+                         'use --compile 1')
     if args.precision == 'bf16' and not (device.type == 'cpu' or
                                          (device.type == 'cuda' and torch.cuda.is_bf16_supported())):
         raise UsageError(f'--precision bf16 is not supported on this {device.type} device: use --precision fp32')

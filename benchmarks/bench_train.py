@@ -12,6 +12,18 @@ loss.item() every iteration. Also reported: the static MLP step's achieved GFLOP
 torch.mm measured in the same run, the floor under the step (its matrix products alone, back to
 back, and the Adam kernel alone), and the importance-weighted evaluation's throughput (test images
 per second at K = 1000).
+
+    python benchmarks/bench_train.py --device cuda --steps_only [--iters 200] [--iw 5000 10000]
+
+--steps_only prints only the step table on --device: per configuration (the static MLP planar-16 at
+latent 2; the amortized MLP planar-16 at latent 40, the README's mnist40 model; the conv VAE at its
+defaults on 32x32x3 images, random CIFAR-shaped data in memory) the it/s of the eager step with a host
+sync per step (the step as it was: the non-finite flag read on the host), the eager step without it
+(the flag decided on the device), --compile 1, --compile 2 (CUDA graphs, CUDA only) and eager
+--precision bf16, and the step's achieved GFLOP/s (the FLOPs of its forward and backward, counted by
+torch.utils.flop_counter) against a torch.mm measured in the same run. --iw K N times the
+importance-weighted evaluation (evaluate.evaluate, as the final test evaluation runs it) of the
+latent-40 amortized planar-16 model on N images with K samples each.
 """
 import argparse
 import os
@@ -27,6 +39,7 @@ from torchvision import datasets as tv_datasets, transforms
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data_utils  # noqa: E402
 import datasets  # noqa: E402
+import distributed  # noqa: E402
 import static_flow_conv_vae  # noqa: E402
 import static_flow_vae  # noqa: E402
 import evaluate  # noqa: E402
@@ -38,38 +51,76 @@ def config(**overrides):
     """The original defaults (--batch_size 128 --layer 2 --hidden_dim 400 --latent_dim 2)."""
     base = dict(dataset='mnist', batch_size=128, layer=2, hidden_dim=400, latent_dim=2, gate=0, flow='none',
                 length=16, amortized=False, lr=1e-3, momentum=0.9, decay=0.999, objective='elbo', warmup=0,
-                clip_grad=0.0, precision='fp32', base_dim=8, scale=2, res_blocks=1, bottleneck=0, weight_norm=1)
+                clip_grad=0.0, precision='fp32', base_dim=8, scale=2, res_blocks=1, bottleneck=0, weight_norm=1,
+                sync_bn=0, compile=0)
     return SimpleNamespace(**{**base, **overrides})
 
 
-def make(args, build, fused=False):
+def make(args, build, fused=False, device='cpu'):
     torch.manual_seed(0)
-    model = build(args, (1, 28, 28))
+    model = build(args, datasets.image_shape(args.dataset)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay), fused=fused)
     return model, optimizer
 
 
-def compiled(model):
-    """torch.compile(model) as --compile 1 does it, with dynamo's caches emptied first: in one process the
-    same forward compiled for more than 8 models would otherwise fall back to eager from the 9th on."""
+def compiled(model, mode=None):
+    """torch.compile(model) as --compile 1 does it (mode 'reduce-overhead': --compile 2), with dynamo's caches
+    emptied first: in one process the same forward compiled for more than 8 models would otherwise fall back
+    to eager from the 9th on."""
     torch._dynamo.reset()
     torch._inductor.config.fallback_random = True
-    return torch.compile(model)
+    return torch.compile(model, mode=mode)
 
 
-def ours(args, build, images, labels, iters, fused=True, compile=False, precision='fp32'):
-    """Iterations per second of the loop in train.train (less logging); compile, precision: as the flags."""
-    args = SimpleNamespace(**{**vars(args), 'precision': precision})
-    model, optimizer = make(args, build, fused)
+def sync(device):
+    """Wait for the device's queued work (what a timer must do on CUDA)."""
+    if torch.device(device).type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def train_step_with_host_sync(model, optimizer, params, x, log_det_pre, args, it, net=None):
+    """train.train_step as it was before the skip was decided on the device: the non-finite flag is read on
+    the host (a sync each step) and a skipped step does not call Adam; returns (loss, applied: bool)."""
+    with train.precision_autocast(x.device.type, args.precision):
+        terms = (model if net is None else net)(x)
+    loss = (training_loss(terms, model.has_flow, args.objective, train.warmup_beta(it, args.warmup))
+            - log_det_pre).mean()
+    optimizer.zero_grad(set_to_none=True)
+    (loss + model.penalty()).backward()
+    grads = [p.grad for p in params if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads)
+    loss = distributed.mean(loss.detach())
+    applied = bool(torch.isfinite(loss + grad_norm))
+    if applied:
+        if args.clip_grad:
+            torch.nn.utils.clip_grads_with_norm_(grads, args.clip_grad, grad_norm)
+        optimizer.step()
+    return loss, applied
+
+
+def ours(args, build, images, labels, iters, fused=True, compile=False, precision='fp32', device='cpu',
+         host_sync=False):
+    """Iterations per second of the loop in train.train (less logging); compile (0, 1, 2), precision: as the
+    flags; host_sync: the step and the loop's bookkeeping as they were, with a host sync per step."""
+    args = SimpleNamespace(**{**vars(args), 'precision': precision, 'compile': int(compile)})
+    model, optimizer = make(args, build, fused, device)
     params = list(model.parameters())
-    batches = data_utils.Batches(images, labels, args.batch_size, 'cpu', seed=0)
-    pre = data_utils.Preprocessor('mnist')
-    net = compiled(model) if compile else model
+    batches = data_utils.Batches(images, labels, args.batch_size, torch.device(device), seed=0)
+    pre = data_utils.Preprocessor(args.dataset)
+    net = compiled(model, 'reduce-overhead' if compile == 2 else None) if compile else model
+    counters, running = train.StepCounters(torch.device(device)), torch.zeros((), device=device)
     for it in range(1, iters + 1):
         if it == 11:
+            sync(device)
             start = time.perf_counter()  # after 10 warm-up steps (and the compilation)
         x, log_det_pre = pre(next(batches)[0])
-        train.train_step(model, optimizer, params, x, log_det_pre, args, it, net)
+        if host_sync:
+            loss, applied = train_step_with_host_sync(model, optimizer, params, x, log_det_pre, args, it, net)
+            if applied:
+                running += loss
+        else:
+            counters.update(*train.train_step(model, optimizer, params, x, log_det_pre, args, it, net))
+    sync(device)
     return (iters - 10) / (time.perf_counter() - start)
 
 
@@ -139,9 +190,25 @@ def seconds_per_call(fn, repeats):
     return (time.perf_counter() - start) / repeats
 
 
-def mm_gflops(n=1024, repeats=20, dtype=torch.float32):
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n ** 3 / seconds_per_call(lambda: a @ b, repeats) / 1e9
+def mm_gflops(n=1024, repeats=20, dtype=torch.float32, device='cpu'):
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+
+    def product():
+        a @ b
+        sync(device)
+    return 2 * n ** 3 / seconds_per_call(product, repeats) / 1e9
+
+
+def step_flops(args, build, images, device='cpu'):
+    """FLOPs of one training step's forward and backward (torch.utils.flop_counter: matrix products and
+    convolutions), on a batch of `images`."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model, _ = make(args, build, device=device)
+    x, log_det_pre = data_utils.Preprocessor(args.dataset)(images[:args.batch_size].to(device))
+    with FlopCounterMode(display=False) as counter:
+        loss = (training_loss(model(x), model.has_flow, args.objective) - log_det_pre).mean()
+        (loss + model.penalty()).backward()
+    return counter.get_total_flops()
 
 
 def mlp_matmuls_ms(args, dtype=torch.float32, pixels=784, repeats=300):
@@ -171,6 +238,27 @@ def adam_ms(args, build, repeats=300):
     return 1e3 * seconds_per_call(optimizer.step, repeats)
 
 
+def iw_seconds(k, n, device, data_dir=None, batch_size=None):
+    """Seconds evaluate.evaluate takes for the test ELBO and IW log-likelihood with K = k of n MNIST test
+    images (the real ones under data_dir, else random ones) under the mnist40 model (MLP 2x400, latent 40,
+    amortized planar-16), and the IW estimate; as the final test evaluation runs it."""
+    cfg = config(latent_dim=40, flow='planar', amortized=True)
+    model, _ = make(cfg, static_flow_vae.build_model, device=device)
+    if data_dir:
+        images = datasets.load_split('mnist', data_dir, train=False, log=lambda *_: None)[0][:n]
+    else:
+        images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
+    pre = data_utils.Preprocessor('mnist')   # as train.setup: the test set binarized once, dynamic binarization
+    images = data_utils.static_binarize(images, train.TEST_BINARIZATION_SEED).to(device)
+    kw = {'iw_batch': batch_size} if batch_size else {}
+    evaluate.evaluate(model, pre, images[:min(n, 100)], iw_samples=k, **kw)   # warm-up
+    sync(device)
+    start = time.perf_counter()
+    metrics = evaluate.evaluate(model, pre, images, iw_samples=k, **kw)
+    sync(device)
+    return time.perf_counter() - start, metrics['test_log_px_iw']
+
+
 @torch.no_grad()
 def iw_images_per_second(args, build, images, k=1000, n=200):
     model, _ = make(args, build)
@@ -182,14 +270,98 @@ def iw_images_per_second(args, build, images, k=1000, n=200):
     return n / (time.perf_counter() - start)
 
 
+VARIANTS = {   # the step table's columns: ours() keyword arguments
+    'eager+sync': dict(host_sync=True), 'eager': {}, 'compiled': dict(compile=1), 'graphs': dict(compile=2),
+    'bf16': dict(precision='bf16')}
+
+
+def steps_report(args, images, labels):
+    """The step table of --steps_only on args.device (see the module's docstring)."""
+    device, cuda = args.device, args.device == 'cuda'
+    n = args.mm_size or (8192 if cuda else 1024)
+    mm = {dtype: mm_gflops(n, dtype=dtype, device=device) for dtype in (torch.float32, torch.bfloat16)}
+    name = torch.cuda.get_device_name() if cuda else f'CPU, {torch.get_num_threads()} threads'
+    print(f'torch {torch.__version__}, {name}; torch.mm {n}^3: {mm[torch.float32]:.0f} GFLOP/s float32, '
+          f'{mm[torch.bfloat16]:.0f} GFLOP/s bfloat16')
+    cifar = torch.randint(0, 256, (max(1024, 2 * args.batch_size), 3, 32, 32), dtype=torch.uint8)
+    b, mlp, conv = args.batch_size, static_flow_vae.build_model, static_flow_conv_vae.build_model
+    rows = [('static MLP planar-16, latent 2', config(flow='planar', batch_size=b), mlp, images, labels),
+            ('amortized MLP planar-16, latent 40', config(flow='planar', amortized=True, latent_dim=40, batch_size=b),
+             mlp, images, labels),
+            ('conv defaults, 32x32x3 (bd32 sc3 lt32)', config(dataset='cifar10', base_dim=32, scale=3, latent_dim=32,
+                                                             length=8, batch_size=b),
+             conv, cifar, torch.zeros(len(cifar), dtype=torch.int64))]
+    if args.hidden_dim:
+        rows = [(label, SimpleNamespace(**{**vars(cfg), 'hidden_dim': args.hidden_dim,
+                                           'base_dim': min(cfg.base_dim, args.hidden_dim)}), build, x, y)
+                for label, cfg, build, x, y in rows]
+    if args.rows:
+        rows = [rows[int(i)] for i in args.rows.split(',')]
+    variants = [v for v in args.variants.split(',') if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f'--variants: unknown {sorted(unknown)}; choose from {", ".join(VARIANTS)}')
+    print(f'\nit/s at batch {b}, {args.iters - 10} timed iterations each; GFLOP/s of the fastest variant '
+          '(forward + backward FLOPs counted by torch.utils.flop_counter)')
+    print(f'{"configuration":<40}' + ''.join(f'{v:>12}' for v in variants) + f'{"MFLOP":>8}{"GFLOP/s":>9}'
+          f'{"% mm":>6}{"sync gain":>10}')
+    for label, cfg, build, x, y in rows if variants else []:
+        rates = {}
+        for variant in variants:
+            if variant == 'graphs' and not cuda:
+                continue   # --compile 2 is CUDA only
+            rates[variant] = ours(cfg, build, x, y, args.iters, device=device, **VARIANTS[variant])
+        flops = step_flops(cfg, build, x, device)
+        best = max(rates.values())
+        gain = f'{rates["eager"] / rates["eager+sync"]:.2f}x' if {'eager', 'eager+sync'} <= rates.keys() else '-'
+        print(f'{label:<40}' + ''.join(f'{rates[v]:>12.1f}' if v in rates else f'{"-":>12}' for v in variants)
+              + f'{flops / 1e6:>8.1f}{best * flops / 1e9:>9.1f}{100 * best * flops / 1e9 / mm[torch.float32]:>5.0f}%'
+              + f'{gain:>10}', flush=True)
+    if args.sync_repeats:
+        label, cfg = 'amortized MLP planar-16, latent 40', config(flow='planar', amortized=True, latent_dim=40,
+                                                                  batch_size=b, hidden_dim=args.hidden_dim or 400)
+        measured = {'eager+sync': [], 'eager': []}
+        for _ in range(args.sync_repeats):   # interleaved, so that slow spells of the machine fall on both
+            for variant in measured:
+                measured[variant].append(ours(cfg, mlp, images, labels, args.iters, device=device,
+                                              **VARIANTS[variant]))
+        with_sync, without = (statistics.median(measured[v]) for v in ('eager+sync', 'eager'))
+        print(f'\nhost sync, {label}, median of {args.sync_repeats} interleaved: eager with a host sync per '
+              f'step {with_sync:.1f} it/s, without {without:.1f} it/s: {without / with_sync:.2f}x')
+    if args.iw:
+        k, n = args.iw
+        seconds, log_px = iw_seconds(k, n, device, args.data_dir if args.real_test_images else None)
+        print(f'\nIW evaluation, K={k}, {n} test images, mnist40 amortized planar-16 (untrained): {seconds:.2f} s '
+              f'({n / seconds:.0f} images/s; IW log p(x) {log_px:.1f})')
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--iters', type=int, default=200, help='timed iterations per configuration (+10 warm-up)')
     p.add_argument('--repeats', type=int, default=3,
                    help='measurements of each variant of the static planar-16 step, whose median is reported')
     p.add_argument('--data_dir', default=datasets.default_data_dir())
+    p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'), help='--steps_only: where the steps run')
+    p.add_argument('--steps_only', action='store_true', help='only the step table on --device (docstring)')
+    p.add_argument('--variants', default=','.join(VARIANTS), help='--steps_only: the columns, comma-separated')
+    p.add_argument('--rows', default='', help='--steps_only: the configurations, comma-separated indices '
+                                              '(0 static latent 2, 1 amortized latent 40, 2 conv; default all)')
+    p.add_argument('--batch_size', type=int, default=128, help='--steps_only: the batch')
+    p.add_argument('--hidden_dim', type=int, default=0,
+                   help='--steps_only: a smaller hidden_dim (and conv base_dim) for a quick check (0: the defaults)')
+    p.add_argument('--mm_size', type=int, default=0, help='--steps_only: n of the n^3 torch.mm (0: 8192 on CUDA, '
+                                                          '1024 on the CPU)')
+    p.add_argument('--sync_repeats', type=int, default=0,
+                   help='--steps_only: also this many interleaved measurements of the latent-40 step with and '
+                        'without the host sync, whose medians are compared')
+    p.add_argument('--iw', type=int, nargs=2, metavar=('K', 'N'), help='--steps_only: time IW evaluation, K samples, '
+                                                                      'N test images')
+    p.add_argument('--real_test_images', type=int, default=1, choices=(0, 1),
+                   help='--iw: the MNIST test images under --data_dir (0: random ones)')
     args = p.parse_args()
     images, labels = datasets.load_split('mnist', args.data_dir, train=True, log=lambda *_: None)
+    if args.steps_only:
+        return steps_report(args, images, labels)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads; torch.mm 1024^3: {mm_gflops():.1f} GFLOP/s')
 
     mlp, conv = static_flow_vae.build_model, static_flow_conv_vae.build_model

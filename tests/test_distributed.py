@@ -33,6 +33,7 @@ import static_flow_conv_vae
 import static_flow_vae
 import train
 import vae
+from devices import CUDA_ONLY
 from scripts import ROOT, read_log, run_script
 from synthetic_data import write_dataset
 
@@ -210,6 +211,7 @@ def _sync_bn_worker(rank, world, data_root, out):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch's SyncBatchNorm has no CPU kernel")
+# (benchmarks/gpu_check.sh selects it by name: -k 'cuda or sync_bn_steps')
 def test_sync_bn_steps_with_two_processes_equal_one_process_on_the_global_batch(data_root, tmp_path):
     """The conv VAE: with --sync_bn the batch-norm statistics are the global batch's, so two processes on
     one GPU take one process's steps (gradients and running statistics); without it they do not."""
@@ -221,6 +223,25 @@ def test_sync_bn_steps_with_two_processes_equal_one_process_on_the_global_batch(
         assert_same_steps(single, ranks, 'sync_bn')
         with pytest.raises(AssertionError):
             assert_same_steps(single, ranks, 'plain batch norm')
+
+
+def _nccl_steps_worker(rank, world, data_root, out):
+    distributed.setup(torch.device('cuda'))   # NCCL, the GPU of LOCAL_RANK
+    assert dist.get_backend() == 'nccl'
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.save(train_steps(data_root, MLP_STEPS, rank, world, 'cuda'), os.path.join(out, f'rank{rank}.pt'))
+
+
+@pytest.mark.parametrize('device', CUDA_ONLY)
+def test_ddp_over_nccl_at_world_size_1_steps_as_one_process(device, data_root, tmp_path):
+    """DistributedDataParallel over NCCL with one rank: its steps (the loss and the non-finite flag
+    all-reduced together, the gradients by DDP) are those of the plain process, to float rounding."""
+    spawn(_nccl_steps_worker, data_root, str(tmp_path), world=1)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    single = train_steps(data_root, MLP_STEPS, device=device)
+    ranks = torch.load(tmp_path / 'rank0.pt', weights_only=True)
+    for name in MLP_STEPS:
+        assert_same_steps(single, ranks, name)
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
@@ -318,6 +339,24 @@ def test_a_torchrun_run_writes_once_and_its_checkpoint_resumes_in_one_process_an
     assert [r['iter'] for r in records if 'loss' in r] == [2, 4, 6, 8]
     assert records[-1]['final'] and records[-1]['iter'] == 8
     assert torch.load(ckpt_path, weights_only=True)['iter'] == 8
+
+
+@pytest.mark.parametrize('device', CUDA_ONLY)
+def test_a_torchrun_run_over_nccl_at_world_size_1_trains_as_one_process(device, data_root, tmp_path):
+    """static_flow_vae.py under torchrun with one CUDA rank (NCCL, DDP, the per-step all-reduce of the loss
+    and the non-finite flag) ends at the parameters of the plain CUDA run, to rtol 1e-5 and atol 1e-6."""
+    flags = ['--layer', '1', '--hidden_dim', '8', '--latent_dim', '2', '--flow', 'planar', '--length', '2',
+             '--batch_size', '8', '--iw_samples', '2', '--sample_size', '4', '--max_iter', '6', '--log_every', '2',
+             '--data_dir', data_root, '--device', device]
+    outs = {how: str(tmp_path / how) for how in ('torchrun', 'plain')}
+    code, _, stderr = torchrun('static_flow_vae.py', [*flags, '--out_dir', outs['torchrun']], nproc=1)
+    assert code == 0, stderr[-3000:]
+    assert run_script('static_flow_vae.py', [*flags, '--out_dir', outs['plain']]) == 0
+    a, b = (torch.load(os.path.join(out, 'checkpoints', os.listdir(os.path.join(out, 'checkpoints'))[0]),
+                       weights_only=True) for out in outs.values())
+    assert a['iter'] == b['iter'] == 6 and a['skipped'] == b['skipped'] == 0
+    for key, value in b['model'].items():
+        torch.testing.assert_close(a['model'][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_two_nodes_meet_through_the_c10d_rendezvous(data_root, tmp_path):

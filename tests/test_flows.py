@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+from devices import CUDA_ONLY
+
 from flows import (FLOWS, FlowSequence, HouseholderFlow, HouseholderSylvesterFlow, IAFStep, NiceFlow, NiceScaling,
                    OrthogonalSylvesterFlow, PlanarFlow, RadialFlow, SylvesterFlow, TriangularSylvesterFlow,
                    build_flow)
@@ -82,6 +84,20 @@ def test_log_det_matches_autograd(kind, dim, amortized, scale):
     torch.testing.assert_close(log_det, autograd_log_det(flow, z, context), atol=1e-6, rtol=0)
     if kind in ('planar', 'radial'):
         assert log_det.abs().max() > 1e-3  # a non-trivial map was tested
+
+
+@pytest.mark.parametrize('device', CUDA_ONLY)
+@pytest.mark.parametrize('amortized', [False, True])
+@pytest.mark.parametrize('kind', KINDS)
+def test_log_det_matches_autograd_on_cuda(kind, amortized, device):
+    """test_log_det_matches_autograd at dimension 5 with the flow and its inputs on the GPU, in float64."""
+    flow = perturb(build_flow(kind, 5, 3, CONTEXT_DIM if amortized else None), scale=PERTURB_SCALE.get(kind, 0.5))
+    flow = flow.to(device)
+    z, context = (None if t is None else t.to(device) for t in inputs(5, amortized))
+    z_k, log_det = flow(z, context)
+    assert z_k.device.type == log_det.device.type == 'cuda' and log_det.dtype == torch.float64
+    assert_finite(log_det, (4,))
+    torch.testing.assert_close(log_det, autograd_log_det(flow, z, context), atol=1e-6, rtol=0)
 
 
 STEPS = [PlanarFlow, RadialFlow, HouseholderFlow, NiceFlow, NiceScaling, OrthogonalSylvesterFlow,

@@ -5,6 +5,7 @@ Where a process boundary matters (SIGKILL, SIGTERM/SIGINT, what stderr really sh
 `python SCRIPT ...` subprocesses with the network made unreachable; the rest runs in this process through
 runpy, as tests/test_training.py does, which also lets a test patch the model's forward or torch.save.
 """
+import contextlib
 import errno
 import math
 import os
@@ -17,14 +18,20 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import data_utils
 import datasets
+import static_flow_conv_vae
+import static_flow_vae
 import train
 import utils
 import vae
+from devices import DEVICES
+from flows import FLOW_KINDS
 from scripts import ROOT, read_log, run_script
 from synthetic_data import write_dataset
 
@@ -419,6 +426,8 @@ BAD_FLAGS = [   # (script, flags, what the one line must say); {file} is a regul
     (STATIC, ['--eval_every', '0'], ['--eval_every 0']),
     (STATIC, ['--patience', '3'], ['--patience 3', '--val_size']),
     (STATIC, ['--lr_schedule', 'linear'], ['--lr_schedule', "invalid choice: 'linear'"]),
+    (STATIC, ['--compile', '2'], ['--compile 2', 'CUDA', 'cpu', '--compile 1']),   # --device cpu, even with a GPU
+    (CONV_SCRIPT, ['--compile', '3'], ['--compile', "invalid choice: 3"]),
 ]
 
 
@@ -572,6 +581,154 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(data_root, tmp_path, mon
     assert run_script(DYNAMIC, ['--resume', on_disk['path'], '--max_iter', '10', '--lr', '1e-3', '--iw_samples', '2',
                                 '--data_dir', data_root, '--out_dir', out]) == 0
     assert torch.load(on_disk['path'], weights_only=True)['iter'] == 10
+
+
+# ---- the step decides on the device ----------------------------------------------------------------
+
+STEP_ARGS = dict(dataset='mnist', layer=1, hidden_dim=16, latent_dim=3, gate=0, length=2, base_dim=2, scale=1,
+                 res_blocks=1, bottleneck=0, weight_norm=1, sync_bn=0, objective='elbo', warmup=0, clip_grad=1.0,
+                 precision='fp32', compile=0, lr=1e-3)
+
+
+def step_setup(device, kind='planar', amortized=False, conv=False, fused=True, seed=0):
+    """A small model on `device`, its Adam (fused as train.setup makes it on CPU and CUDA), batches, args."""
+    args = SimpleNamespace(**STEP_ARGS, flow=kind, amortized=amortized)
+    torch.manual_seed(seed)
+    build = static_flow_conv_vae.build_model if conv else static_flow_vae.build_model
+    model = build(args, (1, 28, 28)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=fused)
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    batches = data_utils.Batches(images, torch.zeros(64, dtype=torch.int64), 8, torch.device(device), seed=0)
+    return model, optimizer, list(model.parameters()), batches, data_utils.Preprocessor('mnist'), args
+
+
+def adam_snapshot(model, optimizer):
+    """Copies of the parameters and of Adam's whole state (moments and step counters)."""
+    state = optimizer.state_dict()['state']
+    return ([p.detach().clone() for p in model.parameters()],
+            {i: {k: v.clone() for k, v in s.items()} for i, s in state.items()})
+
+
+def assert_bitwise_equal(a, b):
+    (params_a, state_a), (params_b, state_b) = a, b
+    assert all(torch.equal(x, y) for x, y in zip(params_a, params_b))
+    assert state_a.keys() == state_b.keys()
+    for i in state_a:
+        for key in state_a[i]:
+            assert torch.equal(state_a[i][key], state_b[i][key]), (i, key)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('fused', [True, False], ids=['fused', 'unfused'])
+@pytest.mark.parametrize('bad', ['loss', 'gradient'])
+def test_a_skipped_step_leaves_the_parameters_and_adam_state_bit_for_bit(bad, fused, device):
+    """A NaN loss (finite gradients), or a NaN gradient of one parameter (finite loss): with the fused
+    kernel the step is skipped through found_inf, and Adam's step counters do not advance."""
+    model, optimizer, params, batches, pre, args = step_setup(device, fused=fused)
+    for it in range(1, 4):
+        x, log_det_pre = pre(next(batches)[0], train=True)
+        loss, applied = train.train_step(model, optimizer, params, x, log_det_pre, args, it)
+        assert bool(applied) and torch.isfinite(loss)
+    before = adam_snapshot(model, optimizer)
+    x, log_det_pre = pre(next(batches)[0], train=True)
+    if bad == 'loss':
+        log_det_pre = log_det_pre + float('nan')
+    else:
+        hook = params[0].register_hook(lambda g: g * float('nan'))
+    loss, applied = train.train_step(model, optimizer, params, x, log_det_pre, args, 4)
+    if bad == 'gradient':
+        hook.remove()
+        assert torch.isfinite(loss)
+    assert not bool(applied) and applied.device.type == device and not hasattr(optimizer, 'found_inf')
+    assert_bitwise_equal(adam_snapshot(model, optimizer), before)
+    # the next good step is Adam's 4th
+    loss, applied = train.train_step(model, optimizer, params, *pre(next(batches)[0], train=True), args, 5)
+    assert bool(applied)
+    assert all(float(s['step']) == 4 for s in optimizer.state.values())
+    assert not torch.equal(params[0], before[0][0])
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_a_skipped_first_step_leaves_the_parameters_and_an_adam_state_of_zeros(device):
+    model, optimizer, params, batches, pre, args = step_setup(device)
+    start = [p.detach().clone() for p in params]
+    x, log_det_pre = pre(next(batches)[0], train=True)
+    loss, applied = train.train_step(model, optimizer, params, x, log_det_pre + float('nan'), args, 1)
+    assert not bool(applied)
+    assert all(torch.equal(p, q) for p, q in zip(params, start))
+    for s in optimizer.state.values():   # what Adam's first step starts from: step 0 and zero moments
+        assert float(s['step']) == 0 and not s['exp_avg'].any() and not s['exp_avg_sq'].any()
+
+
+SYNCS = ('item', 'tolist', 'numpy', '__bool__', '__float__', '__int__', '__index__')
+SYNC_CASES = [(kind, amortized, False) for kind in FLOW_KINDS for amortized in (False, True)
+              if not (kind == 'none' and amortized)] + [('planar', False, True)]
+
+
+@contextlib.contextmanager
+def host_reads(monkeypatch, device):
+    """Counts the Python calls that copy a tensor's value to the host (on CUDA a sync; there torch's sync
+    debug mode also turns any synchronizing operation into an error)."""
+    calls = []
+    for name in SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, _name=name, **k):
+            calls.append(_name)
+            return _original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error')
+    try:
+        yield calls
+    finally:
+        if device == 'cuda':
+            torch.cuda.set_sync_debug_mode('default')
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('kind,amortized,conv', SYNC_CASES,
+                         ids=[f'{"conv" if c else "amortized" if a else "static"}-{k}' for k, a, c in SYNC_CASES])
+def test_the_training_iteration_has_no_host_sync(kind, amortized, conv, device, monkeypatch):
+    """Preprocessing, train.train_step (with --clip_grad) and the loop's StepCounters.update read nothing
+    back to the host: none of the calls that copy a value out of a tensor happens (nor, on CUDA, any
+    synchronizing operation). Adam's first step (which creates its state) is left out."""
+    model, optimizer, params, batches, pre, args = step_setup(device, kind, amortized, conv)
+    counters = train.StepCounters(torch.device(device))
+    x, log_det_pre = pre(next(batches)[0], train=True)
+    counters.update(*train.train_step(model, optimizer, params, x, log_det_pre, args, 1))
+    with host_reads(monkeypatch, device) as calls:
+        for it in range(2, 5):
+            x, log_det_pre = pre(next(batches)[0], train=True)
+            counters.update(*train.train_step(model, optimizer, params, x, log_det_pre, args, it))
+    assert calls == []
+    mean_loss, skipped, bad, worst = counters.read()
+    assert math.isfinite(mean_loss) and skipped == bad == worst == 0
+
+
+def test_the_count_of_host_reads_sees_the_unfused_paths_sync(monkeypatch):
+    """The instrument works: without the fused kernel (as on MPS) the step reads the flag on the host, and
+    Adam's per-parameter loop reads its step counters too."""
+    model, optimizer, params, batches, pre, args = step_setup('cpu', fused=False)
+    train.train_step(model, optimizer, params, *pre(next(batches)[0], train=True), args, 1)
+    with host_reads(monkeypatch, 'cpu') as calls:
+        train.train_step(model, optimizer, params, *pre(next(batches)[0], train=True), args, 2)
+    assert calls[0] == '__bool__' and 'item' in calls
+
+
+def test_step_counters_keep_the_longest_streak_between_reads():
+    counters = train.StepCounters(torch.device('cpu'))
+    yes, no = torch.tensor(True), torch.tensor(False)
+    for loss, applied in [(1.0, yes), (float('nan'), no), (float('nan'), no), (float('nan'), no), (3.0, yes),
+                          (float('inf'), no)]:
+        counters.update(torch.tensor(loss), applied)
+    assert counters.read() == (2.0, 4, 1, 3)   # mean of applied losses, skipped, current and longest streak
+    counters.update(torch.tensor(float('nan')), no)
+    assert counters.read() == (2.0, 1, 2, 2)   # the streak goes on; the loss mean until reset_running
+    counters.reset_running()
+    assert math.isnan(counters.read()[0])
 
 
 # ---- a full disk ---------------------------------------------------------------------------------
