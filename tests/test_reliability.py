@@ -1,4 +1,4 @@
-"""Reliability (issue 5): kills, signals, hostile and broken checkpoints, refused flags, missing or broken
+"""Reliability: kills, signals, hostile and broken checkpoints, refused flags, missing or broken
 data, NaNs, a full disk, and a stress run of every flow at a high learning rate.
 
 Where a process boundary matters (SIGKILL, SIGTERM/SIGINT, what stderr really shows) the scripts run as
@@ -25,6 +25,7 @@ import datasets
 import train
 import utils
 import vae
+from conftest import subprocess_env
 from scripts import ROOT, read_log, run_script
 from synthetic_data import write_dataset
 
@@ -36,8 +37,7 @@ STATIC, DYNAMIC, CONV_SCRIPT = 'static_flow_vae.py', 'dynamic_flow_vae.py', 'sta
 # the network is unreachable for subprocesses: proxies that refuse connections, and pip without an index
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9',
            'HTTPS_PROXY': 'http://127.0.0.1:9', 'no_proxy': '', 'NO_PROXY': '', 'PIP_NO_INDEX': '1'}
-ENV = {**{k: v for k, v in os.environ.items() if k != 'FLOW_VAE_DATA'}, **OFFLINE,
-       'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+ENV = subprocess_env(**OFFLINE)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -99,13 +99,6 @@ def assert_finite_state(ckpt):
         for key, value in s.items():
             if torch.is_tensor(value):
                 assert torch.isfinite(value).all(), f'non-finite optimizer state {i}.{key}'
-
-
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    write_dataset('mnist', str(root))
-    return str(root)
 
 
 @pytest.fixture

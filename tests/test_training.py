@@ -13,7 +13,6 @@ import data_utils
 import datasets
 import train
 from scripts import read_log, run_script
-from synthetic_data import write_dataset
 
 TINY = ['--max_iter', '6', '--batch_size', '8', '--latent_dim', '2', '--length', '2', '--log_every', '2',
         '--sample_every', '3', '--eval_every', '3', '--ckpt_every', '3', '--iw_samples', '4', '--sample_size', '4']
@@ -23,14 +22,6 @@ SCRIPT_FLAGS = {
     'static_flow_conv_vae.py': ['--base_dim', '4', '--scale', '1'],
 }
 ALL_KINDS = ['none', 'planar', 'radial', 'householder', 'nice']
-
-
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    for name in ('mnist', 'fashion-mnist', 'svhn', 'cifar10'):
-        write_dataset(name, str(root))
-    return str(root)
 
 
 def grid_size(n, side, nrow):

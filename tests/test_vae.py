@@ -6,16 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import perturb
 from flows import build_flow
 from vae import (ElboTerms, FlowVAE, elbo, iw_log_likelihood, kl_standard_normal, log_normal_diag,
                  log_standard_normal, training_loss)
 
-@pytest.fixture(autouse=True, scope='module')
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures('float64')
 
 
 class LinearVAE(FlowVAE):
@@ -38,13 +34,8 @@ class LinearVAE(FlowVAE):
         return (z @ self.W.T + self.b).view(-1, *self.image_shape)
 
 
-def perturbed_flow(kind, dim, scale=0.3, seed=0):
-    flow = build_flow(kind, dim, 2)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return flow
+def perturbed_flow(kind, dim, scale=0.3, seed=0, length=2, context_dim=None):
+    return perturb(build_flow(kind, dim, length, context_dim), scale, seed)
 
 
 def linear_gaussian(seed, latent=2, pixels=5, sigma=1.0, w_scale=0.4, n=8):
