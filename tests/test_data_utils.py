@@ -1,9 +1,11 @@
 """Tests for data_utils: the preprocessing numerics (binarization, dequantization, flips, the logit and its
 log-det) and Batches."""
 import io
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import data_utils as du
 
@@ -14,16 +16,25 @@ def assert_finite_shape(t, shape):
     assert t.shape == shape and torch.isfinite(t).all()
 
 
+@pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('shape', [(1, 2, 2), (3, 2, 3), (1, 4, 4)])
 @pytest.mark.parametrize('alpha', [0.05, 1e-6, 1e-9])
-def test_logit_log_det_matches_autograd(shape, alpha):
-    y = torch.rand(1, *shape, dtype=torch.float64)
+def test_logit_log_det_matches_autograd(shape, alpha, batch):
+    """The Jacobian of the whole batch is block-diagonal (no example depends on another), and each example's
+    log-det is that of its own block."""
+    y = torch.rand(batch, *shape, dtype=torch.float64)
     s, log_det = du.logit_transform(y, alpha)
-    assert_finite_shape(log_det, (1,))
-    jac = torch.autograd.functional.jacobian(lambda v: du.logit_transform(v.view(1, *shape), alpha)[0].flatten(),
+    assert_finite_shape(log_det, (batch,))
+    jac = torch.autograd.functional.jacobian(lambda v: du.logit_transform(v.view(y.shape), alpha)[0].flatten(),
                                              y.flatten())
-    _, logabsdet = torch.linalg.slogdet(jac)
-    torch.testing.assert_close(log_det[0], logabsdet)
+    d = y[0].numel()
+    blocks = jac.view(batch, d, batch, d)
+    for i in range(batch):
+        for j in range(batch):
+            if i != j:
+                assert (blocks[i, :, j] == 0).all()
+        _, logabsdet = torch.linalg.slogdet(blocks[i, :, i])
+        torch.testing.assert_close(log_det[i], logabsdet)
 
 
 def test_logit_inverse_and_extremes():
@@ -110,7 +121,10 @@ def test_preprocessor_8bit():
     s, log_det = pre(x)
     assert_finite_shape(s, x.shape)
     assert_finite_shape(log_det, (6,))
-    torch.testing.assert_close(log_det, du.logit_transform(du.logit_inverse(s))[1], rtol=1e-4, atol=1e-2)
+    # log|ds/dy| = sum log(1 - 2 alpha) - log y' - log(1 - y') with y' = sigmoid(s), from s in float64
+    s64 = s.double().flatten(1)
+    expected = (math.log(1 - 2 * pre.alpha) - F.logsigmoid(s64) - F.logsigmoid(-s64)).sum(1)
+    torch.testing.assert_close(log_det.double(), expected, rtol=1e-5, atol=0)
     img = pre.to_image(s)
     assert img.min() >= 0 and img.max() <= 1
     assert (img * 256 - x.float()).abs().max() < 1.0 + 1e-3  # back to the dequantized pixel
