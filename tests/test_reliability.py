@@ -624,6 +624,7 @@ def test_a_real_enospc_from_dev_full_keeps_the_previous_checkpoint(tmp_path, mon
 STRESS = ['--layer', '1', '--hidden_dim', '16', '--latent_dim', '2', '--batch_size', '16', '--iw_samples', '2',
           '--sample_size', '4', '--sample_every', '2000', '--log_every', '500', '--ckpt_every', '1000',
           '--max_iter', '2000', '--lr', '1e-2', '--device', 'cpu']
+STRESS_MAX_SKIPPED = 20   # 1% of the steps; measured: none skipped by any of the eight configurations (CPU, fp32)
 
 
 def stress_one(script, kind, data_root, out):
@@ -638,11 +639,13 @@ def stress_one(script, kind, data_root, out):
     loss = [r['loss'] for r in records if 'loss' in r][-1]
     assert math.isfinite(loss) and math.isfinite(final['test_elbo'])
     assert final['skipped'] == ckpt['skipped']
+    assert final['skipped'] <= STRESS_MAX_SKIPPED, f"{final['skipped']} of 2000 steps skipped"
     return final['skipped'], f'{loss:.2f}', f'{final["test_elbo"]:.2f}'
 
 
 def test_stress_every_flow_trains_2000_iterations_at_a_high_learning_rate(data_root, tmp_path):
-    """Skipped steps are allowed (and counted); a non-finite parameter or a crash is not."""
+    """A few skipped steps are allowed (and counted), at most STRESS_MAX_SKIPPED; a non-finite parameter or a
+    crash is not."""
     rows, failed = [], []
     t0 = time.perf_counter()
     for kind in ('planar', 'radial', 'householder', 'nice'):
