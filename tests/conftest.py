@@ -1,5 +1,5 @@
 """Fixtures and helpers shared by the test files: float64 mode, the synthetic data roots, the flow-parameter
-perturbation, and the environment of scripts run as subprocesses.
+perturbation, a finiteness check, and the environment of scripts run as subprocesses.
 
 The helpers are plain functions; a test file imports them with `from conftest import ...` (tests/ is on
 sys.path, as for scripts.py and synthetic_data.py).
@@ -50,6 +50,12 @@ def perturb(module, scale=0.5, seed=0):
         for p in module.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     return module
+
+
+def assert_finite(tensor, shape):
+    """The tensor has this shape and no inf or nan."""
+    assert tuple(tensor.shape) == tuple(shape), (tuple(tensor.shape), shape)
+    assert torch.isfinite(tensor).all()
 
 
 def subprocess_env(**extra):

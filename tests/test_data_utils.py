@@ -8,13 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import data_utils as du
+from conftest import assert_finite
 
 
 # ---------------------------------------------------------------------------------------------------- preprocessing
-
-def assert_finite_shape(t, shape):
-    assert t.shape == shape and torch.isfinite(t).all()
-
 
 @pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('shape', [(1, 2, 2), (3, 2, 3), (1, 4, 4)])
@@ -24,7 +21,7 @@ def test_logit_log_det_matches_autograd(shape, alpha, batch):
     log-det is that of its own block."""
     y = torch.rand(batch, *shape, dtype=torch.float64)
     s, log_det = du.logit_transform(y, alpha)
-    assert_finite_shape(log_det, (batch,))
+    assert_finite(log_det, (batch,))
     jac = torch.autograd.functional.jacobian(lambda v: du.logit_transform(v.view(y.shape), alpha)[0].flatten(),
                                              y.flatten())
     d = y[0].numel()
@@ -41,13 +38,13 @@ def test_logit_inverse_and_extremes():
     x = torch.tensor([0, 1, 128, 254, 255], dtype=torch.uint8).repeat(4, 3, 2, 1)  # (4, 3, 2, 5)
     y = du.dequantize(x)
     s, log_det = du.logit_transform(y)
-    assert_finite_shape(s, x.shape)
-    assert_finite_shape(log_det, (4,))
+    assert_finite(s, x.shape)
+    assert_finite(log_det, (4,))
     torch.testing.assert_close(du.logit_inverse(s), y, atol=1e-6, rtol=0)
     for edge in (torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)):  # the extreme values dequantize can reach
         s, log_det = du.logit_transform(edge)
-        assert_finite_shape(s, edge.shape)
-        assert_finite_shape(log_det, (2,))
+        assert_finite(s, edge.shape)
+        assert_finite(log_det, (2,))
 
 
 def test_dequantize_interval(monkeypatch):
@@ -119,8 +116,8 @@ def test_preprocessor_8bit():
     pre = du.Preprocessor('svhn')
     assert not pre.flip and du.Preprocessor('cifar10').flip and not du.Preprocessor('cifar10', flip=False).flip
     s, log_det = pre(x)
-    assert_finite_shape(s, x.shape)
-    assert_finite_shape(log_det, (6,))
+    assert_finite(s, x.shape)
+    assert_finite(log_det, (6,))
     # log|ds/dy| = sum log(1 - 2 alpha) - log y' - log(1 - y') with y' = sigmoid(s), from s in float64
     s64 = s.double().flatten(1)
     expected = (math.log(1 - 2 * pre.alpha) - F.logsigmoid(s64) - F.logsigmoid(-s64)).sum(1)

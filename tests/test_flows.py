@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from conftest import perturb
+from conftest import assert_finite, perturb
 from flows import (FLOWS, FlowSequence, HouseholderFlow, HouseholderSylvesterFlow, IAFStep, NiceFlow, NiceScaling,
                    OrthogonalSylvesterFlow, PlanarFlow, RadialFlow, SylvesterFlow, TriangularSylvesterFlow,
                    build_flow)
@@ -26,11 +26,6 @@ def inputs(dim, amortized, batch=4, scale=1.0, seed=1):
     z = scale * torch.randn(batch, dim, generator=gen)
     context = torch.randn(batch, CONTEXT_DIM, generator=gen) if amortized else None
     return z, context
-
-
-def assert_finite(tensor, shape):
-    assert tensor.shape == shape
-    assert torch.isfinite(tensor).all()
 
 
 def autograd_log_det(flow, z, context):
