@@ -1,7 +1,7 @@
 """Data-parallel training on the CPU with Gloo: two processes against one.
 
 Function-level checks run the real pieces (distributed.setup and wrap, the sharded Batches,
-train.train_step, utils.evaluate) in two processes started with torch.multiprocessing; the script-level
+train.train_step, evaluate.evaluate) in two processes started with torch.multiprocessing; the script-level
 ones run the training scripts under `torchrun --standalone --nproc_per_node 2`, exactly as a user would.
 
 The one-step test fixes the noise: training noise (reparameterization, dequantization, flips) is drawn
