@@ -21,78 +21,118 @@ LR_SCHEDULES = ('none', 'cosine')
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16}   # --precision: the autocast dtype of the training forward
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the description's line breaks (its example commands) and gives each flag's default, except
+    where the default is None (the flag's help says what happens without it) and for on/off switches."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# the sections of --help, in order: key -> title; base_parser's `parser.groups[key]` takes a script's own flags
+GROUPS = {'data': 'data', 'model': 'model', 'flow': 'flow', 'optimisation': 'optimisation', 'output': 'output',
+          'evaluation': 'evaluation', 'performance': 'performance', 'resume': 'resuming a run'}
+
+
 def base_parser(description, latent_dim, max_iter):
-    """The flags every script has (the original repo's names and defaults, plus ours)."""
-    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--dataset', default='mnist', choices=datasets.DATASETS, help='dataset')
-    p.add_argument('--data_dir', default=datasets.default_data_dir(),
+    """The flags every script has (the original repo's names and defaults, plus ours), in the sections of GROUPS.
+
+    `parser.groups` maps each GROUPS key to its argument group: a script adds its own flags to
+    `parser.groups['model']`.
+    """
+    p = Parser(description=description, formatter_class=HelpFormatter)
+    p.groups = {key: p.add_argument_group(title) for key, title in GROUPS.items()}
+    g = p.groups['data']
+    g.add_argument('--dataset', default='mnist', choices=datasets.DATASETS, help='dataset')
+    g.add_argument('--data_dir', default=datasets.default_data_dir(),
                    help='data root ($FLOW_VAE_DATA, else ./data); missing files are fetched')
-    p.add_argument('--binarize', default='dynamic', choices=('dynamic', 'static', 'none'),
+    g.add_argument('--binarize', default='dynamic', choices=('dynamic', 'static', 'none'),
                    help='MNIST only: a fresh Bernoulli draw per use (dynamic), one fixed draw '
                         '(static), or grey levels with a BCE loss (none: the original repo; '
                         'not a normalized likelihood, so its nats are not log p(x))')
-    p.add_argument('--flip', type=int, default=None, choices=(0, 1),
-                   help='random horizontal flips of training images (default: on for cifar10 only)')
-    p.add_argument('--batch_size', type=int, default=128,
-                   help='minibatch size; under torchrun the global batch, split evenly over the processes')
-    p.add_argument('--latent_dim', type=int, default=latent_dim, help='dimension of z')
-    p.add_argument('--flow', default='none', choices=FLOW_KINDS, help='normalizing flow on z')
-    p.add_argument('--length', type=int, default=8, help='number of flow steps')
-    p.add_argument('--sylvester_m', type=int, default=0,
+    g.add_argument('--flip', type=int, default=None, choices=(0, 1),
+                   help='random horizontal flips of training images (without the flag: on for cifar10 only)')
+
+    g = p.groups['model']
+    g.add_argument('--latent_dim', type=int, default=latent_dim, help='dimension of z')
+
+    g = p.groups['flow']
+    g.add_argument('--flow', default='none', choices=FLOW_KINDS, help='normalizing flow on z')
+    g.add_argument('--length', type=int, default=8,
+                   help='number of flow steps; for nice, L - 1 additive coupling layers then one scaling step')
+    g.add_argument('--sylvester_m', type=int, default=0,
                    help='sylvester-orthogonal: columns M of each Q, 1 to --latent_dim (0: --latent_dim)')
-    p.add_argument('--householders', type=int, default=HOUSEHOLDERS,
+    g.add_argument('--householders', type=int, default=HOUSEHOLDERS,
                    help='sylvester-householder: Householder reflections per Q')
-    p.add_argument('--objective', default='elbo', choices=OBJECTIVES,
+
+    g = p.groups['optimisation']
+    g.add_argument('--objective', default='elbo', choices=OBJECTIVES,
                    help="'elbo': the flow ELBO with the prior at z_K; 'seed': the original "
-                        "repo's KL(q0||p) at z0 minus the log-det (to reproduce its figures; not a bound)")
-    p.add_argument('--warmup', type=int, default=0,
+                        "repo's KL(q0||p) at z0 minus the log-det (to reproduce its figures; not a bound). "
+                        'Evaluation always reports the flow ELBO')
+    g.add_argument('--warmup', type=int, default=0,
                    help='KL warm-up: the KL terms are scaled by beta rising from 0 to 1 over this many iterations')
-    p.add_argument('--max_iter', type=int, default=max_iter, help='training iterations')
-    p.add_argument('--sample_size', type=int, default=64, help='images in each sample grid')
-    p.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
-    p.add_argument('--momentum', type=float, default=0.9, help='Adam beta1')
-    p.add_argument('--decay', type=float, default=0.999, help='Adam beta2')
-    p.add_argument('--clip_grad', type=float, default=0.0,
+    g.add_argument('--batch_size', type=int, default=128,
+                   help='minibatch size; under torchrun the global batch, split evenly over the processes')
+    g.add_argument('--max_iter', type=int, default=max_iter, help='training iterations')
+    g.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
+    g.add_argument('--momentum', type=float, default=0.9, help="Adam's beta1 (the original repo's name)")
+    g.add_argument('--decay', type=float, default=0.999, help="Adam's beta2 (the original repo's name)")
+    g.add_argument('--clip_grad', type=float, default=0.0,
                    help='clip the gradient norm to this value (0: no clipping)')
-    p.add_argument('--lr_schedule', default='none', choices=LR_SCHEDULES,
+    g.add_argument('--lr_schedule', default='none', choices=LR_SCHEDULES,
                    help='cosine: the learning rate falls from --lr to 0 over --max_iter iterations '
                         '(half a cosine, Loshchilov & Hutter 2017); none: constant')
-    p.add_argument('--max_bad_steps', type=int, default=10,
+    g.add_argument('--max_bad_steps', type=int, default=10,
                    help='stop after this many consecutive non-finite steps (each one is skipped). The count '
                         'stays on the device and is read every --log_every iterations (and at evaluations '
                         'and checkpoints), so the run stops at the first of those at which the streak has '
                         'reached N: up to --log_every - 1 iterations after the Nth')
-    p.add_argument('--seed', type=int, default=0, help='random seed')
-    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda', 'mps'),
-                   help='auto picks CUDA, then MPS, then the CPU')
-    p.add_argument('--out_dir', default='.', help='where samples/, plots/, checkpoints/, ... go')
-    p.add_argument('--log_every', type=int, default=100, help='log the running loss every N iterations')
-    p.add_argument('--sample_every', type=int, default=1000, help='save samples and reconstructions every N iterations')
-    p.add_argument('--val_size', type=int, default=0,
+    g.add_argument('--seed', type=int, default=0, help='random seed')
+
+    g = p.groups['output']
+    g.add_argument('--out_dir', default='.', help='where samples/, plots/, checkpoints/, ... go')
+    g.add_argument('--log_every', type=int, default=100, help='log the running loss every N iterations')
+    g.add_argument('--sample_every', type=int, default=1000,
+                   help='save samples and reconstructions every N iterations')
+    g.add_argument('--sample_size', type=int, default=64, help='images in each sample grid')
+    g.add_argument('--ckpt_every', type=int, default=1000, help='save a checkpoint every N iterations')
+
+    g = p.groups['evaluation']
+    g.add_argument('--val_size', type=int, default=0,
                    help='hold out the last N training images (the same whatever --seed) as a validation set; '
                         'then the periodic evaluation uses them, the best model is kept and the test set is '
                         'touched only by the final evaluation')
-    p.add_argument('--eval_every', type=int, default=1000,
+    g.add_argument('--eval_every', type=int, default=1000,
                    help='compute the validation ELBO (the test ELBO with --val_size 0) every N iterations')
-    p.add_argument('--patience', type=int, default=0,
+    g.add_argument('--patience', type=int, default=0,
                    help='with --val_size: stop after this many evaluations without a better validation ELBO '
                         '(0: never stop early)')
-    p.add_argument('--ckpt_every', type=int, default=1000, help='save a checkpoint every N iterations')
-    p.add_argument('--resume', default=None, metavar='PATH', help='continue from this checkpoint')
-    p.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
-    p.add_argument('--compile', type=int, default=0, choices=(0, 1, 2),
-                   help='1: run the training forward through torch.compile (fuses the flow steps; compiling '
-                        'takes about half a minute on a 2-core CPU; on the CPU it needs a C++ compiler). '
+    g.add_argument('--iw_samples', type=int, default=1000,
+                   help='K, importance samples per test image for the log-likelihood estimate '
+                        '(0: skip it, e.g. to train on one device and --eval_only on another)')
+
+    g = p.groups['performance']
+    g.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda', 'mps'),
+                   help='auto picks CUDA, then MPS, then the CPU')
+    g.add_argument('--compile', type=int, default=0, choices=(0, 1, 2),
+                   help='1: run the training forward through torch.compile, which fuses the flow steps; the '
+                        'first steps wait for the compilation, and on the CPU it needs a C++ compiler. '
                         '2 (CUDA only): as 1 with mode="reduce-overhead", which also captures the compiled '
                         'forward and backward in CUDA graphs and replays them, one launch each per step')
-    p.add_argument('--precision', default='fp32', choices=tuple(PRECISIONS),
+    g.add_argument('--precision', default='fp32', choices=tuple(PRECISIONS),
                    help="bf16: the training forward under torch.autocast, so the encoder's and decoder's matrix "
                         'products run in bfloat16; the flow, the densities and the loss stay float32, and '
                         'evaluation and every reported number are float32. Fast on CPUs with AVX512-BF16 or AMX '
                         'and on GPUs with bf16 tensor cores, slower than fp32 on other CPUs')
-    p.add_argument('--iw_samples', type=int, default=1000,
-                   help='K, importance samples per test image for the log-likelihood estimate '
-                        '(0: skip it, e.g. to train on one device and --eval_only on another)')
+
+    g = p.groups['resume']
+    g.add_argument('--resume', default=None, metavar='PATH',
+                   help="continue from this checkpoint, with the run's flags; only the schedule, output, "
+                        'evaluation and device flags (--max_iter, --lr, --out_dir, --iw_samples, ...) may be given anew')
+    g.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
     return p
 
 

@@ -35,8 +35,8 @@ def seed_batch(phase, start):
 def evaluate(model, pre, images, iw_samples=0, split='test', batch_size=EVAL_BATCH, iw_batch=IW_BATCH):
     """ELBO (and IW log-likelihood when iw_samples > 0) of `images`, in nats per example, as '{split}_elbo', ....
 
-    For 8-bit data the logit and dequantization Jacobians are included, so the numbers are bounds
-    on the log-density of the dequantized pixels in [0, 256)^D, and bits/dim follow from them.
+    For 8-bit data the logit's Jacobian is included, so the numbers are bounds on the log-density of the
+    dequantized image y = (x + u)/256 in [0, 1)^D (data_utils.dequantize), and bits/dim follow from them.
     Distributed, each rank takes a contiguous share of the batches and the sums are all-reduced; with
     each batch's noise seeded from its start index the numbers equal a single process's (to float
     rounding of the sum). Every rank must call this.

@@ -123,13 +123,14 @@ def build_model(args, image_shape):
 
 if __name__ == '__main__':
     parser = config.base_parser(__doc__, latent_dim=32, max_iter=20000)
-    parser.add_argument('--base_dim', type=int, default=32, help='channels at full resolution (doubled per scale)')
-    parser.add_argument('--scale', type=int, default=None,
+    model = parser.groups['model']
+    model.add_argument('--base_dim', type=int, default=32, help='channels at full resolution (doubled per scale)')
+    model.add_argument('--scale', type=int, default=None,
                         help='downsampling stages: at most (and by default) 2 for 28x28 images, 3 for 32x32')
-    parser.add_argument('--res_blocks', type=int, default=1, help='residual blocks per scale')
-    parser.add_argument('--bottleneck', type=int, default=0, choices=(0, 1), help='1: 1x1-3x3-1x1 blocks')
-    parser.add_argument('--weight_norm', type=int, default=1, choices=(0, 1), help='weight-normalize every layer')
-    parser.add_argument('--sync_bn', type=int, nargs='?', const=1, default=0, choices=(0, 1),
+    model.add_argument('--res_blocks', type=int, default=1, help='residual blocks per scale')
+    model.add_argument('--bottleneck', type=int, default=0, choices=(0, 1), help='1: 1x1-3x3-1x1 blocks')
+    model.add_argument('--weight_norm', type=int, default=1, choices=(0, 1), help='weight-normalize every layer')
+    model.add_argument('--sync_bn', type=int, nargs='?', const=1, default=0, choices=(0, 1),
                         help='1 (or the bare flag): under torchrun, batch-norm statistics over the global batch '
                              '(SyncBatchNorm, CUDA only); no effect in a single process')
     train.main(parser, 'static_flow_conv_vae.py', build_model, conv_arch, check_conv_args)

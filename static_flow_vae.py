@@ -61,9 +61,11 @@ class MLPFlowVAE(FlowVAE):
 
 
 def add_mlp_flags(parser):
-    parser.add_argument('--layer', type=int, default=2, help='hidden layers in the encoder and the decoder')
-    parser.add_argument('--hidden_dim', type=int, default=400, help='units per hidden layer')
-    parser.add_argument('--gate', type=int, default=0, choices=(0, 1), help='1: gated linear units instead of ReLU')
+    """The MLP's flags, in the model section of base_parser's --help."""
+    model = parser.groups['model']
+    model.add_argument('--layer', type=int, default=2, help='hidden layers in the encoder and the decoder')
+    model.add_argument('--hidden_dim', type=int, default=400, help='units per hidden layer')
+    model.add_argument('--gate', type=int, default=0, choices=(0, 1), help='1: gated linear units instead of ReLU')
     return parser
 
 

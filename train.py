@@ -343,15 +343,20 @@ def finish(run):
 
     which = f'the best model (iteration {best["best_iter"]} of {state["iter"]})' if best else f'iteration {state["iter"]}'
     print(f'\ntest set ({test_images.shape[0]} images), {which}, {run.prefix}')
-    print(f'  {"ELBO":<28}{metrics["test_elbo"]:>12.3f} nats')
-    if args.iw_samples:
-        print(f'  {"log p(x), IW K=" + str(args.iw_samples):<28}{metrics["test_log_px_iw"]:>12.3f} nats')
-    if best:
-        print(f'  {"ELBO of the last iterate":<28}{best["last_test_elbo"]:>12.3f} nats')
-    if not pre.binary:
+    iw = f'IW K={args.iw_samples}'
+    if pre.binary:
+        density = 'log p(x)'
+    else:   # 8-bit data: bits/dim first; the nats are those of the dequantized image, not of the 8-bit one
+        density = 'log p(y)'
         print(f'  {"-ELBO":<28}{metrics["test_bpd_elbo"]:>12.4f} bits/dim')
         if args.iw_samples:
-            print(f'  {"-log p(x), IW":<28}{metrics["test_bpd_log_px_iw"]:>12.4f} bits/dim')
+            print(f'  {"-log p(x), " + iw:<28}{metrics["test_bpd_log_px_iw"]:>12.4f} bits/dim')
+        print('  log-density of the dequantized image y = (x + u)/256 in [0, 1)^D, in nats:')
+    print(f'  {"ELBO":<28}{metrics["test_elbo"]:>12.3f} nats')
+    if args.iw_samples:
+        print(f'  {density + ", " + iw:<28}{metrics["test_log_px_iw"]:>12.3f} nats')
+    if best:
+        print(f'  {"ELBO of the last iterate":<28}{best["last_test_elbo"]:>12.3f} nats')
     if args.binarize == 'none' and pre.binary:
         print('  (--binarize none: BCE on grey levels, not a normalized likelihood)')
 

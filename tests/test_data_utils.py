@@ -1,42 +1,50 @@
 """Tests for data_utils: the preprocessing numerics (binarization, dequantization, flips, the logit and its
 log-det) and Batches."""
 import io
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import data_utils as du
+from conftest import assert_finite
 
 
 # ---------------------------------------------------------------------------------------------------- preprocessing
 
-def assert_finite_shape(t, shape):
-    assert t.shape == shape and torch.isfinite(t).all()
-
-
+@pytest.mark.parametrize('batch', [1, 3])
 @pytest.mark.parametrize('shape', [(1, 2, 2), (3, 2, 3), (1, 4, 4)])
 @pytest.mark.parametrize('alpha', [0.05, 1e-6, 1e-9])
-def test_logit_log_det_matches_autograd(shape, alpha):
-    y = torch.rand(1, *shape, dtype=torch.float64)
+def test_logit_log_det_matches_autograd(shape, alpha, batch):
+    """The Jacobian of the whole batch is block-diagonal (no example depends on another), and each example's
+    log-det is that of its own block."""
+    y = torch.rand(batch, *shape, dtype=torch.float64)
     s, log_det = du.logit_transform(y, alpha)
-    assert_finite_shape(log_det, (1,))
-    jac = torch.autograd.functional.jacobian(lambda v: du.logit_transform(v.view(1, *shape), alpha)[0].flatten(),
+    assert_finite(log_det, (batch,))
+    jac = torch.autograd.functional.jacobian(lambda v: du.logit_transform(v.view(y.shape), alpha)[0].flatten(),
                                              y.flatten())
-    _, logabsdet = torch.linalg.slogdet(jac)
-    torch.testing.assert_close(log_det[0], logabsdet)
+    d = y[0].numel()
+    blocks = jac.view(batch, d, batch, d)
+    for i in range(batch):
+        for j in range(batch):
+            if i != j:
+                assert (blocks[i, :, j] == 0).all()
+        _, logabsdet = torch.linalg.slogdet(blocks[i, :, i])
+        torch.testing.assert_close(log_det[i], logabsdet)
 
 
 def test_logit_inverse_and_extremes():
     x = torch.tensor([0, 1, 128, 254, 255], dtype=torch.uint8).repeat(4, 3, 2, 1)  # (4, 3, 2, 5)
     y = du.dequantize(x)
     s, log_det = du.logit_transform(y)
-    assert_finite_shape(s, x.shape)
-    assert_finite_shape(log_det, (4,))
+    assert_finite(s, x.shape)
+    assert_finite(log_det, (4,))
     torch.testing.assert_close(du.logit_inverse(s), y, atol=1e-6, rtol=0)
     for edge in (torch.zeros(2, 1, 2, 2), torch.ones(2, 1, 2, 2)):  # the extreme values dequantize can reach
         s, log_det = du.logit_transform(edge)
-        assert_finite_shape(s, edge.shape)
-        assert_finite_shape(log_det, (2,))
+        assert_finite(s, edge.shape)
+        assert_finite(log_det, (2,))
 
 
 def test_dequantize_interval(monkeypatch):
@@ -108,9 +116,12 @@ def test_preprocessor_8bit():
     pre = du.Preprocessor('svhn')
     assert not pre.flip and du.Preprocessor('cifar10').flip and not du.Preprocessor('cifar10', flip=False).flip
     s, log_det = pre(x)
-    assert_finite_shape(s, x.shape)
-    assert_finite_shape(log_det, (6,))
-    torch.testing.assert_close(log_det, du.logit_transform(du.logit_inverse(s))[1], rtol=1e-4, atol=1e-2)
+    assert_finite(s, x.shape)
+    assert_finite(log_det, (6,))
+    # log|ds/dy| = sum log(1 - 2 alpha) - log y' - log(1 - y') with y' = sigmoid(s), from s in float64
+    s64 = s.double().flatten(1)
+    expected = (math.log(1 - 2 * pre.alpha) - F.logsigmoid(s64) - F.logsigmoid(-s64)).sum(1)
+    torch.testing.assert_close(log_det.double(), expected, rtol=1e-5, atol=0)
     img = pre.to_image(s)
     assert img.min() >= 0 and img.max() <= 1
     assert (img * 256 - x.float()).abs().max() < 1.0 + 1e-3  # back to the dequantized pixel

@@ -19,9 +19,7 @@ import torchvision
 
 import data_utils
 import datasets as ds
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from conftest import ROOT, subprocess_env
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
@@ -368,8 +366,8 @@ def test_unwritable_data_root(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO, 'datasets.py'), *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'datasets.py'), *args],
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize('args', [['fetch', 'mnist3'], ['info', 'mnist', '--data_dir', 'EMPTY'],

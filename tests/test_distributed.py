@@ -1,7 +1,7 @@
-"""Data-parallel training (issue 7) on the CPU with Gloo: two processes against one.
+"""Data-parallel training on the CPU with Gloo: two processes against one.
 
 Function-level checks run the real pieces (distributed.setup and wrap, the sharded Batches,
-train.train_step, utils.evaluate) in two processes started with torch.multiprocessing; the script-level
+train.train_step, evaluate.evaluate) in two processes started with torch.multiprocessing; the script-level
 ones run the training scripts under `torchrun --standalone --nproc_per_node 2`, exactly as a user would.
 
 The one-step test fixes the noise: training noise (reparameterization, dequantization, flips) is drawn
@@ -33,13 +33,12 @@ import static_flow_conv_vae
 import static_flow_vae
 import train
 import vae
+from conftest import make_data_root, subprocess_env
 from devices import CUDA_ONLY
 from scripts import ROOT, read_log, run_script
-from synthetic_data import write_dataset
 
 TORCHRUN = shutil.which('torchrun', path=os.path.dirname(sys.executable)) or shutil.which('torchrun')
-ENV = {**{k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'FLOW_VAE_DATA')},
-       'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+ENV = subprocess_env()
 CONV_FLAGS = ['--base_dim', '2', '--scale', '1', '--latent_dim', '2', '--flow', 'planar', '--length', '2',
         '--batch_size', '8', '--iw_samples', '3', '--sample_size', '4', '--log_every', '2', '--sample_every', '2', '--eval_every', '2',
         '--ckpt_every', '2', '--device', 'cpu']
@@ -47,10 +46,8 @@ CONV_FLAGS = ['--base_dim', '2', '--scale', '1', '--latent_dim', '2', '--flow', 
 
 @pytest.fixture(scope='module')
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    write_dataset('mnist', str(root), n_train=40, n_test=30)
-    write_dataset('svhn', str(root), n_train=40, n_test=30)
-    return str(root)
+    """This file's own data: 40 training and 30 test images, so that the test set splits unevenly over ranks."""
+    return make_data_root(tmp_path_factory.mktemp('data'), ('mnist', 'svhn'), n_train=40, n_test=30)
 
 
 # ---- two processes with torch.multiprocessing ----------------------------------------------------

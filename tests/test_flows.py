@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+from conftest import assert_finite, perturb
 from devices import CUDA_ONLY
-
 from flows import (FLOWS, FlowSequence, HouseholderFlow, HouseholderSylvesterFlow, IAFStep, NiceFlow, NiceScaling,
                    OrthogonalSylvesterFlow, PlanarFlow, RadialFlow, SylvesterFlow, TriangularSylvesterFlow,
                    build_flow)
@@ -20,22 +20,7 @@ CONTEXT_DIM = 6
 # ~1e-25, where its triangular Jacobian is so ill-conditioned that autograd's LU-based log-det is wrong
 PERTURB_SCALE = {'iaf': 0.2}
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def perturb(module, scale=0.5, seed=0):
-    """Add noise to every parameter, so that no identity initialization makes a test trivial."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen))
-    return module
+pytestmark = pytest.mark.usefixtures('float64')
 
 
 def inputs(dim, amortized, batch=4, scale=1.0, seed=1):
@@ -43,11 +28,6 @@ def inputs(dim, amortized, batch=4, scale=1.0, seed=1):
     z = scale * torch.randn(batch, dim, generator=gen)
     context = torch.randn(batch, CONTEXT_DIM, generator=gen) if amortized else None
     return z, context
-
-
-def assert_finite(tensor, shape):
-    assert tensor.shape == shape
-    assert torch.isfinite(tensor).all()
 
 
 def autograd_log_det(flow, z, context):

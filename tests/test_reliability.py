@@ -1,4 +1,4 @@
-"""Reliability (issue 5): kills, signals, hostile and broken checkpoints, refused flags, missing or broken
+"""Reliability: kills, signals, hostile and broken checkpoints, refused flags, missing or broken
 data, NaNs, a full disk, and a stress run of every flow at a high learning rate.
 
 Where a process boundary matters (SIGKILL, SIGTERM/SIGINT, what stderr really shows) the scripts run as
@@ -30,6 +30,7 @@ import static_flow_vae
 import train
 import utils
 import vae
+from conftest import subprocess_env
 from devices import DEVICES
 from flows import FLOW_KINDS
 from scripts import ROOT, read_log, run_script
@@ -43,8 +44,7 @@ STATIC, DYNAMIC, CONV_SCRIPT = 'static_flow_vae.py', 'dynamic_flow_vae.py', 'sta
 # the network is unreachable for subprocesses: proxies that refuse connections, and pip without an index
 OFFLINE = {'http_proxy': 'http://127.0.0.1:9', 'https_proxy': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9',
            'HTTPS_PROXY': 'http://127.0.0.1:9', 'no_proxy': '', 'NO_PROXY': '', 'PIP_NO_INDEX': '1'}
-ENV = {**{k: v for k, v in os.environ.items() if k != 'FLOW_VAE_DATA'}, **OFFLINE,
-       'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+ENV = subprocess_env(**OFFLINE)
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -106,13 +106,6 @@ def assert_finite_state(ckpt):
         for key, value in s.items():
             if torch.is_tensor(value):
                 assert torch.isfinite(value).all(), f'non-finite optimizer state {i}.{key}'
-
-
-@pytest.fixture(scope='module')
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('data')
-    write_dataset('mnist', str(root))
-    return str(root)
 
 
 @pytest.fixture
@@ -788,6 +781,7 @@ def test_a_real_enospc_from_dev_full_keeps_the_previous_checkpoint(tmp_path, mon
 STRESS = ['--layer', '1', '--hidden_dim', '16', '--latent_dim', '2', '--batch_size', '16', '--iw_samples', '2',
           '--sample_size', '4', '--sample_every', '2000', '--log_every', '500', '--ckpt_every', '1000',
           '--max_iter', '2000', '--lr', '1e-2', '--device', 'cpu']
+STRESS_MAX_SKIPPED = 20   # 1% of the steps; measured: none skipped by any of the eight configurations (CPU, fp32)
 
 
 def stress_one(script, kind, data_root, out):
@@ -802,11 +796,13 @@ def stress_one(script, kind, data_root, out):
     loss = [r['loss'] for r in records if 'loss' in r][-1]
     assert math.isfinite(loss) and math.isfinite(final['test_elbo'])
     assert final['skipped'] == ckpt['skipped']
+    assert final['skipped'] <= STRESS_MAX_SKIPPED, f"{final['skipped']} of 2000 steps skipped"
     return final['skipped'], f'{loss:.2f}', f'{final["test_elbo"]:.2f}'
 
 
 def test_stress_every_flow_trains_2000_iterations_at_a_high_learning_rate(data_root, tmp_path):
-    """Skipped steps are allowed (and counted); a non-finite parameter or a crash is not."""
+    """A few skipped steps are allowed (and counted), at most STRESS_MAX_SKIPPED; a non-finite parameter or a
+    crash is not."""
     rows, failed = [], []
     t0 = time.perf_counter()
     for kind in ('planar', 'radial', 'householder', 'nice'):

@@ -6,16 +6,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import perturb
 from flows import build_flow
 from vae import (ElboTerms, FlowVAE, elbo, iw_log_likelihood, kl_standard_normal, log_normal_diag,
                  log_standard_normal, training_loss)
 
-@pytest.fixture(autouse=True, scope='module')
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures('float64')
 
 
 class LinearVAE(FlowVAE):
@@ -38,13 +34,8 @@ class LinearVAE(FlowVAE):
         return (z @ self.W.T + self.b).view(-1, *self.image_shape)
 
 
-def perturbed_flow(kind, dim, scale=0.3, seed=0):
-    flow = build_flow(kind, dim, 2)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in flow.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-    return flow
+def perturbed_flow(kind, dim, scale=0.3, seed=0, length=2, context_dim=None):
+    return perturb(build_flow(kind, dim, length, context_dim), scale, seed)
 
 
 def linear_gaussian(seed, latent=2, pixels=5, sigma=1.0, w_scale=0.4, n=8):
@@ -89,7 +80,7 @@ def test_iw_and_elbo_match_exact_linear_gaussian_without_flow():
     torch.testing.assert_close(mean_elbo, exact - gap, atol=float(4 * stderr.max()) + 1e-3, rtol=0)
 
 
-@pytest.mark.parametrize('kind,scale', [('planar', 0.3), ('radial', 0.3), ('householder', 0.5)])
+@pytest.mark.parametrize('kind,scale', [('planar', 0.3), ('radial', 0.3), ('householder', 0.5), ('nice', 0.15)])
 def test_iw_with_a_flow_matches_exact_linear_gaussian(kind, scale):
     """q0 = N(0, I) pushed through a random flow: the weights need the flow's log-det to be right."""
     W, b, x, exact = linear_gaussian(seed=0)
@@ -101,6 +92,56 @@ def test_iw_with_a_flow_matches_exact_linear_gaussian(kind, scale):
     if kind != 'householder':  # volume-preserving: nothing to drop
         model.flow = DropLogDet(flow)
         assert (iw_log_likelihood(model, x, 5000) - exact).abs().max() > 0.2
+
+
+class AmortizedLinearVAE(LinearVAE):
+    """LinearVAE whose q_K is the exact posterior through a flow whose parameters depend on x.
+
+    Decoder columns orthogonal with equal norms make the posterior N(mu(x), s I) isotropic. The encoder
+    emits a context c(x) = C x and q0 = N(f_c^{-1}(mu(x)), s I); an amortized Householder flow f_c (a
+    product of reflections: linear, orthogonal) then maps q0 to exactly N(mu(x), s I). Every importance
+    weight is then p(x) itself: the estimate is exact for any K and any draw, if each sample goes through
+    its own example's flow.
+    """
+
+    def __init__(self, W, b, sigma, flow, C):
+        super().__init__(W, b, 'gaussian', flow)
+        with torch.no_grad():
+            self.log_scale.fill_(math.log(sigma))
+        self.C, self.sigma = C, sigma
+        self.s = 1 / (1 + (W.T @ W)[0, 0] / sigma ** 2)        # posterior variance, the same in each direction
+
+    def posterior_mean(self, x):
+        return self.s * (x.flatten(1) - self.b) @ self.W / self.sigma ** 2
+
+    def encode(self, x):
+        context = x.flatten(1) @ self.C.T
+        mean = self.flow.inverse(self.posterior_mean(x), context)[0]
+        return mean, torch.full_like(mean, math.log(self.s)), context
+
+
+def test_iw_and_elbo_are_exact_when_an_amortized_flow_gives_the_exact_posterior():
+    """Eight examples, each with its own flow: a sample pushed through another example's flow (a mix-up of
+    the context's tiling over the K samples) has a weight other than p(x), and the estimate moves."""
+    latent, pixels, sigma = 2, 5, 0.7
+    W, b, x, exact = linear_gaussian(seed=5, latent=latent, pixels=pixels, sigma=sigma)
+    q, _ = torch.linalg.qr(torch.randn(pixels, latent))
+    W = 1.5 * q                                                    # W^T W = 2.25 I: isotropic posterior
+    marginal = torch.distributions.MultivariateNormal(b, W @ W.T + sigma ** 2 * torch.eye(pixels))
+    exact = marginal.log_prob(x.flatten(1))
+    flow = perturbed_flow('householder', latent, scale=1.0, length=2, context_dim=3)
+    model = AmortizedLinearVAE(W, b, sigma, flow, C=torch.randn(3, pixels))
+    model.iw_rows = 16                                             # 2 samples of the 8 examples per chunk
+
+    mu = model.posterior_mean(x)
+    mean, _, context = model.encode(x)
+    torch.testing.assert_close(flow(mean, context)[0], mu)
+    others = flow(mean, context.roll(1, 0))[0]                     # each q0 through its neighbour's flow
+    assert ((others - mu).norm(dim=1) > 0.1).all()
+
+    for k in (1, 5, 64):
+        torch.testing.assert_close(iw_log_likelihood(model, x, k), exact, atol=1e-9, rtol=0)
+    torch.testing.assert_close(elbo(model(x), model.has_flow), exact, atol=1e-9, rtol=0)
 
 
 def test_iw_matches_quadrature_bernoulli():
