@@ -122,6 +122,16 @@ def test_no_closed_form_inverse_says_so(kind):
         flow.inverse(torch.randn(2, 3))
 
 
+def set_params(step, theta):
+    """Give a step the parameters theta (P,): its free parameters, or every context's (amortized)."""
+    with torch.no_grad():
+        if step.context_dim is None:
+            step.theta.copy_(theta)
+        else:
+            step.to_theta.weight.zero_()
+            step.to_theta.bias.copy_(theta)
+
+
 @pytest.mark.parametrize('amortized', [False, True])
 def test_planar_stays_invertible_when_wu_is_very_negative(amortized):
     dim = 4
@@ -129,12 +139,7 @@ def test_planar_stays_invertible_when_wu_is_very_negative(amortized):
     w = torch.tensor([1.0, 0.5, -0.3, 0.2])
     u = -50 * w / w.dot(w)                                            # w^T u = -50
     theta = torch.cat([u, w, torch.tensor([0.3])])
-    with torch.no_grad():
-        if amortized:
-            step.to_theta.weight.zero_()
-            step.to_theta.bias.copy_(theta)
-        else:
-            step.theta.copy_(theta)
+    set_params(step, theta)
     z, context = inputs(dim, amortized, batch=64, scale=3.0)
     _, log_det = step(z, context)
     assert torch.isfinite(log_det).all()
@@ -360,12 +365,7 @@ def test_planar_u_hat_stays_bounded_as_w_vanishes(w_norm, amortized):
     u = torch.tensor([0.5, -0.4, 0.3])
     w = w_norm * torch.tensor([0.6, 0.8, 0.0])
     theta = torch.cat([u, w, torch.tensor([1.0])])                   # tanh(w^T z + b) ≈ tanh(1)
-    with torch.no_grad():
-        if amortized:
-            step.to_theta.weight.zero_()
-            step.to_theta.bias.copy_(theta)
-        else:
-            step.theta.copy_(theta)
+    set_params(step, theta)
     z, context = inputs(dim, amortized, batch=8, scale=1.0)
     z_k, _ = step(z, context)
     shift = (z_k - z).norm(dim=-1)                                    # = ‖û‖ |tanh(w^T z + b)|
