@@ -59,9 +59,12 @@ def table(section):
         return
     binary = 'test_bpd_elbo' not in next(iter(runs.values()))[0][1]
     unit, key, digits = ('nats', 'test_', 2) if binary else ('bits/dim', 'test_bpd_', 4)
+    exact = any(f'{key}log_px_exact' in final for group in runs.values() for _, final, _ in group)
     print(f'\n{section} (test set, {unit})\n')
-    print('| model | flow | seeds | ELBO | log p(x), IW | IW − ELBO | K | best validation ELBO | best iteration (epoch) | it/s |')
-    print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
+    extra = ' log p(x), exact | exact − ELBO | exact − IW |' if exact else ''
+    print(f'| model | flow | seeds | ELBO | log p(x), IW | IW − ELBO | K |{extra} best validation ELBO | '
+          'best iteration (epoch) | it/s |')
+    print('|---|---|---:|---:|---:|---:|---:|' + '---:|' * (3 if exact else 0) + '---:|---:|---:|')
     order = {flow: i for i, flow in enumerate(FLOW_ORDER)}
     for (model, mode, flow), group in sorted(runs.items(), key=lambda kv: (kv[0][1] != 'static' or kv[0][2] == 'none',
                                                                               kv[0][0], kv[0][1], order.get(kv[0][2]))):
@@ -76,9 +79,17 @@ def table(section):
                 best.append(f"{final['best_iter']}" + (f" ({final['best_iter'] / per_epoch:.0f})" if per_epoch else ''))
         speed = [s['its_per_s'] for _, _, s in group if s.get('its_per_s')]
         val = [f['best_val_elbo'] for f in finals if 'best_val_elbo' in f]
+        columns = ''
+        if exact:   # exact log p(x) by quadrature (2-D latents); its gaps to the ELBO (the KL) and to IW
+            exact_values = [f.get(f'{key}log_px_exact') for f in finals]
+            known = [(e, f) for e, f in zip(exact_values, finals) if e is not None]
+            columns = (f' {cell([e for e, _ in known], digits)} |'
+                       f' {cell([abs(e - f[f"{key}elbo"]) for e, f in known], digits)} |'
+                       f' {cell([abs(e - f[f"{key}log_px_iw"]) for e, f in known if f"{key}log_px_iw" in f], digits)} |')
         k = {f.get('iw_samples', '–') for f in finals}
         print(f'| {model} {mode} | {flow} | {len(group)} | {cell(elbo, digits)} | {cell(iw, digits)} | '
-              f'{cell(gap, digits)} | {"/".join(map(str, sorted(k, key=str)))} | {cell(val, 2)} | {", ".join(best) or "–"} | '
+              f'{cell(gap, digits)} | {"/".join(map(str, sorted(k, key=str)))} |{columns} {cell(val, 2)} | '
+              f'{", ".join(best) or "–"} | '
               f'{cell(speed, 0)} |')
 
 
