@@ -106,6 +106,9 @@ def test_refinement_check_measures_the_grid_error(float64):
     assert abs(coarse['mean_abs_diff'] - true_error.mean().item()) < 1e-3
     fine = posterior2d.refinement_check(model, x, n=300, limit=6.0)
     assert fine['max_abs_diff'] < 1e-4
+    narrow = posterior2d.refinement_check(model, x, n=150, limit=3.0)       # fine cells, some mass outside
+    assert narrow['max_abs_diff'] > 0.01 and narrow['mean_diff'] > 0
+    torch.testing.assert_close(narrow['reference'], exact, atol=1e-3, rtol=0)   # the wider grid holds it
 
 
 def test_exact_log_px_adds_the_preprocessing_log_det():
