@@ -62,3 +62,51 @@ def plot_curves(history, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _hdr_levels(density, masses=(0.99, 0.9, 0.5)):
+    """Density thresholds whose upper sets hold `masses` of a gridded density, increasing."""
+    values = density.flatten().sort(descending=True).values
+    cumulative = values.cumsum(0) / values.sum()
+    levels = sorted({float(values[min(int((cumulative < m).sum()), len(values) - 1)]) for m in masses})
+    return levels if len(levels) > 1 else None
+
+
+def plot_posteriors(images, labels, rows, path, title):
+    """One row per image: the image; the true posterior p(z|x) (heat map); q0(z0|x) and q_K(z|x) (their
+    50/90/99% highest-density contours over the posterior's, dashed). `rows` are posterior2d.posterior_panels
+    dicts; the three density panels of a row share its window."""
+    fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3.0 * len(rows)),
+                             gridspec_kw={'width_ratios': (0.7, 1, 1, 1)}, squeeze=False)
+    for ax_row, image, label, row in zip(axes, images, labels, rows):
+        ax_img, ax_post, ax_q0, ax_qk = ax_row
+        ax_img.imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap='gray', vmin=0, vmax=1)
+        ax_img.set_title(f'label {label}', fontsize=9)
+        ax_img.axis('off')
+        box, gap = row['box'], row['log_px'] - row['elbo']
+        post_levels = _hdr_levels(row['posterior'])
+        ax_post.imshow(row['posterior'].numpy(), origin='lower', extent=box, cmap='viridis', aspect='equal')
+        ax_post.set_title(f'p(z|x), log p(x) = {row["log_px"]:.2f}', fontsize=9)
+        ax_q0.set_title('$q_0(z_0|x)$', fontsize=9)
+        flow = row['flow']
+        if row['qk'] is not None:
+            ax_qk.contour(row['qk'].numpy(), levels=_hdr_levels(row['qk']), extent=box, colors='C3', linewidths=1)
+            how = 'density'
+        else:
+            samples = row['qk_samples'].numpy()
+            ax_qk.hist2d(samples[:, 0], samples[:, 1], bins=80, range=[box[:2], box[2:]], cmap='Reds', cmin=1)
+            how = f'{len(samples):,} samples'
+        ax_qk.set_title(f'$q_K(z|x)$ ({flow}, {how})\nELBO = {row["elbo"]:.2f}, gap = {gap:.2f}', fontsize=9)
+        ax_q0.contour(row['q0'].numpy(), levels=_hdr_levels(row['q0']), extent=box, colors='C0', linewidths=1)
+        for ax in (ax_q0, ax_qk):
+            if post_levels:
+                ax.contour(row['posterior'].numpy(), levels=post_levels, extent=box, colors='k',
+                           linewidths=0.7, linestyles='dashed')
+        for ax in (ax_post, ax_q0, ax_qk):
+            ax.set(xlim=box[:2], ylim=box[2:], aspect='equal')
+            ax.tick_params(labelsize=7)
+    fig.suptitle(f'{title}\nposterior p(z|x) (heat map; dashed: its 50/90/99% regions) against q0 and q_K '
+                 '(nats)', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

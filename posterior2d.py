@@ -1,0 +1,302 @@
+"""Exact log p(x) for models with a 2-D latent space, by quadrature over a grid of z.
+
+    log p(x) = log ∫ p(x|z) N(z; 0, I) dz ≈ logsumexp_g [log p(x|z_g) + log N(z_g; 0, I)] + log(cell area)
+
+with z_g the centres of an n x n grid of square cells over [-limit, limit]² (the midpoint rule). The
+decoder runs once per grid point, for all images together, and log p(x|z_g) for every (image, grid point)
+pair is one matrix product: for Bernoulli logits l_g, log p(x|z_g) = x·l_g − Σ_d softplus(l_gd); for a
+Gaussian with mean μ_g and per-pixel scale σ, −½ Σ_d (x_d − μ_gd)²/σ_d² expands into x-only, μ-only and
+cross terms, the cross term the product. Only the decoder and the prior enter: the encoder and the flow do
+not, so the value is the model's log-likelihood, against which the ELBO and the IW estimate are bounds.
+
+Also here: the posterior p(z|x) on a grid and the densities of q0(z0|x) and q_K(z|x) for the figure
+`posterior_figure` draws (plotting.plot_posteriors), and `gaps`, the fields the final evaluation reports.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vae import LOG_2PI, elbo, log_normal_diag, log_standard_normal
+
+GRID = 640          # default cells per axis (cells 0.025 wide); 10^4 MNIST images in about 50 CPU-seconds
+LIMIT = 8.0         # default half-width: a 2-D MNIST VAE centred 6 of its 10^4 test posteriors beyond |z| = 5
+GRID_CHUNK = 8192   # grid points decoded and multiplied at a time
+IMAGE_CHUNK = 2500  # images per matrix product
+COARSE = 125       # adaptive quadrature: about this many subgrid points per axis in the first pass
+THRESHOLD = 30.0   # and tiles within this many nats of an image's peak are summed in full
+SEED = 1234         # noise of the preprocessing (8-bit data: dequantization), as utils.EVAL_SEED
+BATCH = 500         # images per preprocessing batch, as utils.EVAL_BATCH
+POSTERIOR_IMAGES = 6
+
+
+def latent_dim(model, x):
+    """The latent dimension of `model`, from its encoder's output for one image."""
+    with torch.no_grad():
+        return model.encode(x[:1])[0].shape[-1]
+
+
+def grid_points(n, limit, device=None, dtype=torch.float32):
+    """Centres of an n x n grid of cells over [-limit, limit]²: (n², 2), first coordinate slowest, and the
+    log of a cell's area."""
+    step = 2 * limit / n
+    axis = -limit + step * (torch.arange(n, device=device, dtype=torch.float64) + 0.5)
+    return torch.cartesian_prod(axis, axis).to(dtype), 2 * math.log(step)
+
+
+def _likelihood_terms(model, x, z, dtype):
+    """log p(x_i|z_g) = a_i + b_g + (A Bᵀ)_ig: returns a (N,), b (G,), A (N, P), B (G, P), all in `dtype`.
+
+    x (N, C, H, W) in model space, z (G, 2). b excludes the prior.
+    """
+    decoded = model.decode(z).flatten(1).to(dtype)                    # (G, P)
+    x = x.flatten(1).to(dtype)                                         # (N, P)
+    if model.likelihood == 'bernoulli':
+        return x.new_zeros(x.shape[0]), -F.softplus(decoded).sum(-1), x, decoded
+    log_scale = model.log_scale.flatten().to(dtype)                    # (P,)
+    precision = torch.exp(-2 * log_scale)
+    const = -(0.5 * LOG_2PI + log_scale).sum()
+    return (const - 0.5 * (x * x * precision).sum(-1), -0.5 * (decoded * decoded * precision).sum(-1),
+            x * precision, decoded)
+
+
+def matmul_dtype(model):
+    """float32 for Bernoulli logits (x is 0/1: no cancellation); float64 for the Gaussian, whose
+    x², μ² and cross terms are each far larger than the (x − μ)² they sum to."""
+    return torch.float32 if model.likelihood == 'bernoulli' else torch.float64
+
+
+@torch.no_grad()
+def log_joint(model, x, z, dtype=None, grid_chunk=GRID_CHUNK):
+    """log p(x_i|z_g) + log N(z_g; 0, I) for every image and grid point: (N, G), for a few images."""
+    dtype = dtype or matmul_dtype(model)
+    parts = []
+    for g in range(0, z.shape[0], grid_chunk):
+        a, b, A, B = _likelihood_terms(model, x, z[g:g + grid_chunk], dtype)
+        parts.append(torch.addmm(b + log_standard_normal(z[g:g + grid_chunk].to(dtype)), A, B.T) + a[:, None])
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chunk=IMAGE_CHUNK, dtype=None,
+                adaptive=True, coarse=COARSE, threshold=THRESHOLD):
+    """log p(x) per image (N,) float64 by the midpoint rule on an n x n grid over [-limit, limit]².
+
+    x (N, C, H, W) is in model space (preprocessed); `dtype` is that of the products (default
+    `matmul_dtype(model)`); logsumexps accumulate in float64.
+
+    adaptive=False sums every (image, grid point) pair, the grid decoded `grid_chunk` points at a time,
+    each chunk once for all images. adaptive=True gives the same sum without the pairs that cannot matter:
+    the grid is cut into square tiles; a first pass on about `coarse` x `coarse` of the grid points
+    (a 5 x 5 subgrid of each tile) finds each image's largest log-joint per tile, and only the tiles within
+    `threshold` nats of the image's largest value, and their 8 neighbours, are summed in full. A tile left
+    out lies more than `threshold` nats below the peak at every sampled point, so the whole grid outside
+    the kept tiles carries a fraction of the mass of order n² e^-threshold (below 1e-8 with the defaults)
+    provided the posterior is not narrower than the subgrid's spacing (`refinement_check` tests that).
+    """
+    dtype = dtype or matmul_dtype(model)
+    was_training = model.training
+    model.eval()
+    z_all, log_cell = grid_points(n, limit, device=x.device, dtype=x.dtype)
+    total = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
+    a = _likelihood_terms(model, x, z_all[:1], dtype)[0].double()      # the image-only term, (N,)
+    if not adaptive:
+        for g in range(0, z_all.shape[0], grid_chunk):
+            _sum_block(model, x, z_all[g:g + grid_chunk], dtype, total, torch.arange(x.shape[0]), image_chunk)
+    else:
+        stride = max(1, n // coarse)
+        tile = 5 * stride                                                # fine cells per tile side
+        tiles = -(-n // tile)
+        sub = torch.arange(stride // 2, n, stride, device=x.device)      # subgrid rows / columns
+        sub_index = (sub[:, None] * n + sub[None]).flatten()             # into z_all (first coordinate slowest)
+        sub_tile = ((sub // tile)[:, None] * tiles + (sub // tile)[None]).flatten()
+        tile_max = torch.full((x.shape[0], tiles * tiles), -math.inf, dtype=dtype, device=x.device)
+        for g in range(0, sub_index.numel(), grid_chunk):
+            z = z_all[sub_index[g:g + grid_chunk]]
+            _, b, A, B = _likelihood_terms(model, x, z, dtype)
+            b = b + log_standard_normal(z.to(dtype))
+            index = sub_tile[g:g + grid_chunk]
+            for i in range(0, x.shape[0], image_chunk):
+                part = torch.addmm(b[None], A[i:i + image_chunk], B.T)
+                tile_max[i:i + image_chunk].scatter_reduce_(1, index.expand_as(part), part, 'amax')
+        peak = tile_max.amax(1, keepdim=True)
+        keep = (tile_max > peak - threshold).view(-1, 1, tiles, tiles).to(dtype)
+        keep = F.max_pool2d(keep, 3, stride=1, padding=1).view(x.shape[0], -1) > 0   # and the 8 neighbours
+        rows = torch.arange(n, device=x.device)
+        for t in range(tiles * tiles):
+            images = keep[:, t].nonzero().squeeze(1)
+            if images.numel():
+                r = rows[(t // tiles) * tile:(t // tiles + 1) * tile]
+                c = rows[(t % tiles) * tile:(t % tiles + 1) * tile]
+                _sum_block(model, x, z_all[(r[:, None] * n + c[None]).flatten()], dtype, total, images, image_chunk)
+    model.train(was_training)
+    return total + a + log_cell
+
+
+def _sum_block(model, x, z, dtype, total, images, image_chunk):
+    """total[images] ← logaddexp(total[images], logsumexp over z of log p(x|z) + log p(z) − a(x))."""
+    _, b, A, B = _likelihood_terms(model, x[images] if images.numel() < x.shape[0] else x, z, dtype)
+    b = b + log_standard_normal(z.to(dtype))                           # (G,)
+    for i in range(0, images.numel(), image_chunk):
+        index = images[i:i + image_chunk]
+        chunk_lse = torch.logsumexp(torch.addmm(b[None], A[i:i + image_chunk], B.T), dim=1).double()
+        total[index] = torch.logaddexp(total[index], chunk_lse)
+
+
+def preprocess(pre, images, seed=SEED, batch_size=BATCH):
+    """(x, log_det_pre) of uint8 `images` as the evaluation sees them: `pre(·, train=False)` per batch of
+    `batch_size`, the batch starting at index s seeded with seed + 2 s (utils.seed_batch phase 0), so for
+    8-bit data the dequantized images are the very ones whose ELBO is reported. The global RNG is untouched."""
+    xs, dets = [], []
+    devices = [images.device] if images.device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        for start in range(0, images.shape[0], batch_size):
+            torch.manual_seed(seed + 2 * start)
+            x, det = pre(images[start:start + batch_size], train=False)
+            xs.append(x)
+            dets.append(det)
+    return torch.cat(xs), torch.cat(dets)
+
+
+def exact_log_px(model, pre, images, n=GRID, limit=LIMIT, seed=SEED, batch_size=BATCH, **kw):
+    """log p(x) per image (N,) float64 of uint8 `images`, the preprocessing's log-det included (a density of
+    y in [0, 1)^D for 8-bit data, as the ELBO of utils.evaluate). For models with a 2-D latent space."""
+    x, log_det_pre = preprocess(pre, images, seed, batch_size)
+    dim = latent_dim(model, x)
+    if dim != 2:
+        raise ValueError(f'exact log p(x) by quadrature needs a 2-D latent space, got latent_dim={dim}')
+    return log_px_grid(model, x, n, limit, **kw) + log_det_pre.double()
+
+
+def refinement_check(model, x, n=GRID, limit=LIMIT, finer=2, wider=4 / 3, dense_reference=False, **kw):
+    """The grid error of log_px_grid(x, n, limit): compared with a grid of `finer` times smaller cells over
+    [-wider·limit, wider·limit]², summed in full with dense_reference=True (slow: for a subset of images,
+    to check the adaptive selection too). Returns {'mean_abs_diff', 'max_abs_diff', 'mean_diff'} in nats per image
+    (diff = reference − value), 'reference' and 'value' (N,)."""
+    value = log_px_grid(model, x, n, limit, **kw)
+    reference = log_px_grid(model, x, round(n * finer * wider), limit * wider,
+                            **{**kw, 'adaptive': kw.get('adaptive', True) and not dense_reference})
+    diff = reference - value
+    return {'mean_abs_diff': diff.abs().mean().item(), 'max_abs_diff': diff.abs().max().item(),
+            'mean_diff': diff.mean().item(), 'reference': reference, 'value': value}
+
+
+def bits_per_dim(log_density, dims):
+    """(-log p(y) + D log 256) / (D log 2), as utils.bits_per_dim."""
+    return (-log_density + dims * math.log(256)) / (dims * math.log(2))
+
+
+def gaps(metrics, log_px_exact, split='test', binary=True, dims=None):
+    """The fields the final evaluation adds, from `metrics` of utils.evaluate and the mean exact log p(x):
+    '{split}_log_px_exact', '{split}_gap_elbo' = exact − ELBO (the mean KL(q_K(z|x) ‖ p(z|x))),
+    '{split}_gap_iw' = exact − IW when there is an IW estimate, and for 8-bit data (binary=False, dims = D)
+    '{split}_bpd_log_px_exact'."""
+    out = {f'{split}_log_px_exact': log_px_exact, f'{split}_gap_elbo': log_px_exact - metrics[f'{split}_elbo']}
+    if f'{split}_log_px_iw' in metrics:
+        out[f'{split}_gap_iw'] = log_px_exact - metrics[f'{split}_log_px_iw']
+    if not binary:
+        out[f'{split}_bpd_log_px_exact'] = bits_per_dim(log_px_exact, dims)
+    return out
+
+
+# ---- the posterior picture -----------------------------------------------------------------------------
+
+def pick_images(labels, count=POSTERIOR_IMAGES):
+    """Indices of `count` images of different classes: the first image of each of the first `count`
+    classes in order of label (topped up with the first other images if there are fewer classes)."""
+    labels = labels.cpu()
+    chosen = [int((labels == c).nonzero()[0]) for c in labels.unique()[:count]]
+    chosen += [i for i in range(len(labels)) if i not in chosen][:count - len(chosen)]
+    return sorted(chosen)
+
+
+def _normalize(log_density, log_cell):
+    """Grid log-densities -> the density (normalized to integrate to 1 on the grid) and its log-mass."""
+    log_mass = torch.logsumexp(log_density.flatten(), 0) + log_cell
+    return (log_density - log_mass).exp(), log_mass
+
+
+def _window(posterior, z, q0_mean, q0_std, mass=0.999, pad=0.15):
+    """A square window holding `mass` of the posterior on the grid and q0's mean ± 3 std."""
+    weights = posterior.flatten() / posterior.sum()
+    order = weights.argsort(descending=True)
+    keep = order[:int((weights[order].cumsum(0) < mass).sum()) + 1]
+    points = torch.cat([z[keep], (q0_mean - 3 * q0_std)[None], (q0_mean + 3 * q0_std)[None]])
+    low, high = points.min(0).values, points.max(0).values
+    centre, half = (low + high) / 2, (high - low).max() / 2 * (1 + pad) + 1e-3
+    return [float(centre[0] - half), float(centre[0] + half), float(centre[1] - half), float(centre[1] + half)]
+
+
+def _window_grid(box, n):
+    xs = torch.linspace(box[0], box[1], n, dtype=torch.float64)
+    ys = torch.linspace(box[2], box[3], n, dtype=torch.float64)
+    zz = torch.stack(torch.meshgrid(xs, ys, indexing='xy'), -1).reshape(-1, 2)   # row = y, column = x
+    return zz, math.log((xs[1] - xs[0]) * (ys[1] - ys[0]))
+
+
+def _flow_inverse(model, z, context):
+    """(f⁻¹(z), log|det df⁻¹/dz|) when the flow has a closed-form inverse, else None."""
+    try:
+        return model.flow.inverse(z, context)
+    except NotImplementedError:
+        return None
+
+
+@torch.no_grad()
+def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000, elbo_samples=10_000, seed=SEED):
+    """What each row of the posterior figure shows, for images x (M, C, H, W) in model space: a list of
+    dicts with the window 'box', the densities 'posterior', 'q0', 'qk' on a window x window grid of it
+    (None for 'qk' when the flow has no inverse: then 'qk_samples' (samples, 2) from q_K), 'log_px' (the
+    grid quadrature), 'elbo' (the mean of `elbo_samples` single-sample ELBOs) and 'qk_exact'."""
+    was_training = model.training
+    model.eval()
+    dtype = x.dtype
+    z, log_cell = grid_points(n, limit, device=x.device, dtype=dtype)
+    rows = []
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == 'cuda' else []):
+        torch.manual_seed(seed)
+        joint = log_joint(model, x, z).double()                        # (M, G)
+        for i in range(x.shape[0]):
+            xi = x[i:i + 1]
+            posterior, log_px = _normalize(joint[i], log_cell)
+            mean, log_var, context = model.encode(xi)
+            std = torch.exp(0.5 * log_var)
+            box = _window(posterior.cpu(), z.cpu().double(), mean[0].cpu().double(), std[0].cpu().double())
+            zw, log_cell_w = _window_grid(box, window)
+            zw_model = zw.to(device=x.device, dtype=dtype)
+            post_w, _ = _normalize(log_joint(model, xi, zw_model)[0].double().cpu(), log_cell_w)
+            q0 = log_normal_diag(zw, mean.cpu().double(), log_var.cpu().double()).exp()
+            ctx = None if context is None else context.expand(zw.shape[0], -1)
+            inverse = _flow_inverse(model, zw_model, ctx)
+            qk, qk_samples = None, None
+            if inverse is not None:
+                z0, inv_log_det = inverse
+                qk = (log_normal_diag(z0.double(), mean.double(), log_var.double()) + inv_log_det.double()).exp().cpu()
+            else:
+                eps = torch.randn(samples, 2, device=x.device, dtype=dtype)
+                ctx_s = None if context is None else context.expand(samples, -1)
+                qk_samples = model.flow(mean + std * eps, ctx_s)[0].cpu()
+            draws = elbo(model(xi.expand(elbo_samples, *xi.shape[1:])), model.has_flow)
+            rows.append({'box': box, 'posterior': post_w.view(window, window), 'q0': q0.view(window, window),
+                         'qk': None if qk is None else qk.view(window, window), 'qk_samples': qk_samples,
+                         'log_px': float(log_px), 'elbo': float(draws.double().mean()),
+                         'flow': model.flow.kind if model.has_flow else 'none'})
+    model.train(was_training)
+    return rows
+
+
+def posterior_figure(model, pre, images, labels, path, title, indices=None, **kw):
+    """plots/<prefix>_posterior.png: for 6 test images of different classes (`pick_images`), the image, the
+    true posterior p(z|x), q0(z0|x) and q_K(z|x), each row zoomed on its posterior. Returns False (and draws
+    nothing) unless the latent space is 2-D, else True."""
+    import plotting
+    indices = pick_images(labels) if indices is None else indices
+    x, log_det_pre = preprocess(pre, images[indices])
+    if latent_dim(model, x) != 2:
+        return False
+    rows = posterior_panels(model, x, **kw)
+    for row, det in zip(rows, log_det_pre.tolist()):   # densities of y, as the reported numbers
+        row['log_px'] += det
+        row['elbo'] += det
+    plotting.plot_posteriors(pre.to_image(x).cpu(), labels[indices].tolist(), rows, path, title)
+    return True

@@ -1,0 +1,190 @@
+"""Exact log p(x) by quadrature on a 2-D latent grid, and the posterior figure."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.integrate
+import torch
+
+import data_utils
+import posterior2d
+import static_flow_vae
+from flows import build_flow
+from test_vae import LinearVAE, linear_gaussian, perturbed_flow
+from vae import elbo, iw_log_likelihood
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def linear_gaussian_model(flow=None):
+    """A 2-D linear-Gaussian VAE with a narrow posterior (std ~ 0.1) and its closed-form log p(x)."""
+    sigma = 0.3
+    W, b, x, exact = linear_gaussian(seed=0, latent=2, pixels=5, sigma=sigma, w_scale=1.5, n=16)
+    model = LinearVAE(W, b, 'gaussian', flow or build_flow('none', 2, 0))
+    with torch.no_grad():
+        model.log_scale.fill_(math.log(sigma))
+    return model, x, exact
+
+
+def bernoulli_toy(n_images=4, seed=1):
+    """The Bernoulli decoder of test_vae's quadrature test: logits W z + b, 6 pixels."""
+    torch.manual_seed(seed)
+    W, b = 1.5 * torch.randn(6, 2), torch.randn(6)
+    x = torch.bernoulli(torch.full((n_images, 1, 1, 6), 0.5))
+    return W, b, x
+
+
+def test_quadrature_matches_closed_form_linear_gaussian(float64):
+    model, x, exact = linear_gaussian_model()
+    value = posterior2d.log_px_grid(model, x, n=300, limit=6.0)
+    torch.testing.assert_close(value, exact, atol=1e-3, rtol=0)
+    # the float64 products give the same (the Gaussian default is float64 already)
+    torch.testing.assert_close(posterior2d.log_px_grid(model, x, n=300, grid_chunk=1000, image_chunk=5), value)
+
+
+def test_quadrature_matches_dblquad_bernoulli(float64):
+    """The float32 products of the Bernoulli default against scipy's adaptive integral of p(x|z) p(z)."""
+    W, b, x = bernoulli_toy()
+    model = LinearVAE(W, b, 'bernoulli', build_flow('none', 2, 0))
+    value = posterior2d.log_px_grid(model, x, n=400, limit=8.0)
+    Wn, bn = W.numpy(), b.numpy()
+    for i, xi in enumerate(x.flatten(1).numpy()):
+        def joint(z2, z1):
+            logits = Wn @ np.array([z1, z2]) + bn
+            log_lik = float(xi @ logits - np.logaddexp(0, logits).sum())
+            return math.exp(log_lik - 0.5 * (z1 * z1 + z2 * z2)) / (2 * math.pi)
+        integral, _ = scipy.integrate.dblquad(joint, -8, 8, -8, 8, epsabs=1e-13, epsrel=1e-10)
+        assert abs(value[i].item() - math.log(integral)) < 1e-3
+
+
+def test_iw_approaches_exact_from_below(float64):
+    """Averaged over images, the IW estimate rises with K towards the exact value and stays below it."""
+    torch.manual_seed(5)
+    W, b = torch.randn(8, 2), torch.randn(8)
+    x = torch.bernoulli(torch.full((200, 1, 1, 8), 0.5))
+    model = LinearVAE(W, b, 'bernoulli', perturbed_flow('planar', 2, scale=0.5), enc_A=0.3 * torch.randn(2, 8))
+    exact = posterior2d.log_px_grid(model, x, n=300, limit=7.0).mean().item()
+    torch.manual_seed(6)
+    gaps = [exact - iw_log_likelihood(model, x, k).mean().item() for k in (1, 10, 100, 1000)]
+    assert gaps[0] > 0.3                                     # q_K is a poor posterior: a real gap to close
+    assert all(a > b > 0 for a, b in zip(gaps, gaps[1:]))   # decreasing, and positive at every K
+    assert gaps[-1] < 0.1 * gaps[0]
+
+
+def test_the_flow_does_not_enter(float64):
+    """Only the decoder and the prior define log p(x): new flow parameters leave it bitwise unchanged."""
+    args = SimpleNamespace(dataset='mnist', latent_dim=2, hidden_dim=16, layer=1, gate=0, flow='planar',
+                           length=4, amortized=False)
+    torch.manual_seed(0)
+    model = static_flow_vae.build_model(args, (1, 28, 28)).float()
+    x = torch.rand(20, 1, 28, 28).round().float()
+    before = posterior2d.log_px_grid(model, x, n=60)
+    torch.manual_seed(1)
+    elbo_before = elbo(model(x), model.has_flow)
+    with torch.no_grad():
+        for p in model.flow.parameters():
+            p.add_(torch.randn_like(p))
+    torch.manual_seed(1)
+    assert not torch.equal(elbo(model(x), model.has_flow), elbo_before)   # the change is one the ELBO sees
+    assert torch.equal(posterior2d.log_px_grid(model, x, n=60), before)
+
+
+def test_refinement_check_measures_the_grid_error(float64):
+    """The check's reference (finer, wider grid) is accurate, so its difference is the coarse grid's error."""
+    model, x, exact = linear_gaussian_model()
+    coarse = posterior2d.refinement_check(model, x, n=40, limit=4.0)   # cells 0.2 wide, posterior std ~0.1
+    true_error = (exact - coarse['value']).abs()
+    assert coarse['max_abs_diff'] > 0.05
+    torch.testing.assert_close(coarse['reference'], exact, atol=1e-3, rtol=0)
+    assert abs(coarse['mean_abs_diff'] - true_error.mean().item()) < 1e-3
+    fine = posterior2d.refinement_check(model, x, n=300, limit=6.0)
+    assert fine['max_abs_diff'] < 1e-4
+    narrow = posterior2d.refinement_check(model, x, n=150, limit=3.0)       # fine cells, some mass outside
+    assert narrow['max_abs_diff'] > 0.01 and narrow['mean_diff'] > 0
+    torch.testing.assert_close(narrow['reference'], exact, atol=1e-3, rtol=0)   # the wider grid holds it
+
+
+def test_exact_log_px_adds_the_preprocessing_log_det():
+    """8-bit data: the density of y in [0, 1)^D, the same dequantization noise on every call."""
+    images = torch.randint(0, 256, (7, 1, 2, 3), dtype=torch.uint8)
+    pre = data_utils.Preprocessor('fashion-mnist')
+    torch.manual_seed(0)
+    model = LinearVAE(0.5 * torch.randn(6, 2), torch.randn(6), 'gaussian', build_flow('none', 2, 0))
+    rng = torch.get_rng_state()
+    value = posterior2d.exact_log_px(model, pre, images, n=100, batch_size=3)
+    assert torch.equal(torch.get_rng_state(), rng)
+    x, log_det_pre = posterior2d.preprocess(pre, images, batch_size=3)
+    assert (log_det_pre.abs() > 1).all()
+    torch.testing.assert_close(value, posterior2d.log_px_grid(model, x, n=100) + log_det_pre.double())
+    torch.testing.assert_close(posterior2d.exact_log_px(model, pre, images, n=100, batch_size=3), value)
+
+
+def test_gaps_fields():
+    metrics = {'test_elbo': -100.0, 'test_log_px_iw': -98.5}
+    assert posterior2d.gaps(metrics, -98.0) == {'test_log_px_exact': -98.0, 'test_gap_elbo': 2.0,
+                                                'test_gap_iw': 0.5}
+    fields = posterior2d.gaps({'test_elbo': -3000.0}, -2900.0, binary=False, dims=784)
+    assert set(fields) == {'test_log_px_exact', 'test_gap_elbo', 'test_bpd_log_px_exact'}
+    assert fields['test_bpd_log_px_exact'] == pytest.approx((2900 + 784 * math.log(256)) / (784 * math.log(2)))
+
+
+def test_pick_images_takes_different_classes():
+    labels = torch.tensor([3, 3, 1, 0, 7, 1, 9, 2, 5, 4, 8])
+    chosen = posterior2d.pick_images(labels)
+    assert chosen == posterior2d.pick_images(labels) and len(chosen) == 6
+    assert len(set(labels[chosen].tolist())) == 6
+    assert posterior2d.pick_images(torch.tensor([1, 1, 2])) == [0, 1, 2]
+
+
+def tiny_mnist_model(latent_dim, flow):
+    args = SimpleNamespace(dataset='mnist', latent_dim=latent_dim, hidden_dim=16, layer=1, gate=0, flow=flow,
+                           length=2, amortized=False)
+    torch.manual_seed(0)
+    return static_flow_vae.build_model(args, (1, 28, 28))
+
+
+@pytest.mark.parametrize('flow', ['householder', 'planar'])   # the exact q_K density, and a histogram
+def test_posterior_figure(tmp_path, flow):
+    images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(12) % 10
+    pre = data_utils.Preprocessor('mnist')
+    path = tmp_path / 'posterior.png'
+    assert posterior2d.posterior_figure(tiny_mnist_model(2, flow), pre, images, labels, path, 'tiny',
+                                        n=80, window=40, samples=20_000, elbo_samples=100)
+    with open(path, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert path.stat().st_size > 20_000
+
+
+def test_posterior_figure_skips_other_latent_sizes(tmp_path):
+    images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
+    path = tmp_path / 'posterior.png'
+    assert posterior2d.posterior_figure(tiny_mnist_model(3, 'planar'), data_utils.Preprocessor('mnist'), images,
+                                        torch.arange(12) % 10, path, 'tiny') is False
+    assert not path.exists()
+    with pytest.raises(ValueError, match='2-D latent'):
+        posterior2d.exact_log_px(tiny_mnist_model(3, 'planar'), data_utils.Preprocessor('mnist'), images)
+
+
+@pytest.mark.parametrize('likelihood', ['bernoulli', 'gaussian'])
+def test_adaptive_sum_equals_the_full_sum(float64, likelihood):
+    """Leaving out the tiles far below each image's peak changes nothing at the precision that matters."""
+    torch.manual_seed(2)
+    W, b = 3.0 * torch.randn(30, 2), torch.randn(30)
+    model = LinearVAE(W, b, likelihood, build_flow('none', 2, 0))
+    z = torch.randn(50, 2)
+    x = (z @ W.T + b + 0.3 * torch.randn(50, 30)).view(50, 1, 1, 30)
+    if likelihood == 'bernoulli':
+        x = torch.bernoulli(torch.sigmoid(x))
+    full = posterior2d.log_px_grid(model, x, n=200, adaptive=False)
+    adaptive = posterior2d.log_px_grid(model, x, n=200, coarse=40, grid_chunk=700, image_chunk=7)
+    torch.testing.assert_close(adaptive, full, atol=1e-5, rtol=0)   # float32 products summed in another order
+    # the tiles are worth keeping: with a threshold of 0 nats only the peak tiles (and neighbours) are summed
+    assert (posterior2d.log_px_grid(model, x, n=200, coarse=40, threshold=0.0) - full).abs().max() > 1e-3
