@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+import plotting
+from evaluate import EVAL_BATCH, EVAL_SEED, bits_per_dim
 from vae import LOG_2PI, elbo, log_normal_diag, log_standard_normal
 
 GRID = 640          # default cells per axis (cells 0.025 wide); 10^4 MNIST images in about 50 CPU-seconds
@@ -25,8 +27,6 @@ GRID_CHUNK = 8192   # grid points decoded and multiplied at a time
 IMAGE_CHUNK = 2500  # images per matrix product
 COARSE = 125       # adaptive quadrature: about this many subgrid points per axis in the first pass
 THRESHOLD = 30.0   # and tiles within this many nats of an image's peak are summed in full
-SEED = 1234         # noise of the preprocessing (8-bit data: dequantization), as utils.EVAL_SEED
-BATCH = 500         # images per preprocessing batch, as utils.EVAL_BATCH
 POSTERIOR_IMAGES = 6
 
 
@@ -143,7 +143,7 @@ def _sum_block(model, x, z, dtype, total, images, image_chunk):
         total[index] = torch.logaddexp(total[index], chunk_lse)
 
 
-def preprocess(pre, images, seed=SEED, batch_size=BATCH):
+def preprocess(pre, images, seed=EVAL_SEED, batch_size=EVAL_BATCH):
     """(x, log_det_pre) of uint8 `images` as the evaluation sees them: `pre(·, train=False)` per batch of
     `batch_size`, the batch starting at index s seeded with seed + 2 s (utils.seed_batch phase 0), so for
     8-bit data the dequantized images are the very ones whose ELBO is reported. The global RNG is untouched."""
@@ -158,7 +158,7 @@ def preprocess(pre, images, seed=SEED, batch_size=BATCH):
     return torch.cat(xs), torch.cat(dets)
 
 
-def exact_log_px(model, pre, images, n=GRID, limit=LIMIT, seed=SEED, batch_size=BATCH, **kw):
+def exact_log_px(model, pre, images, n=GRID, limit=LIMIT, seed=EVAL_SEED, batch_size=EVAL_BATCH, **kw):
     """log p(x) per image (N,) float64 of uint8 `images`, the preprocessing's log-det included (a density of
     y in [0, 1)^D for 8-bit data, as the ELBO of utils.evaluate). For models with a 2-D latent space."""
     x, log_det_pre = preprocess(pre, images, seed, batch_size)
@@ -179,11 +179,6 @@ def refinement_check(model, x, n=GRID, limit=LIMIT, finer=2, wider=4 / 3, dense_
     diff = reference - value
     return {'mean_abs_diff': diff.abs().mean().item(), 'max_abs_diff': diff.abs().max().item(),
             'mean_diff': diff.mean().item(), 'reference': reference, 'value': value}
-
-
-def bits_per_dim(log_density, dims):
-    """(-log p(y) + D log 256) / (D log 2), as utils.bits_per_dim."""
-    return (-log_density + dims * math.log(256)) / (dims * math.log(2))
 
 
 def gaps(metrics, log_px_exact, split='test', binary=True, dims=None):
@@ -243,7 +238,7 @@ def _flow_inverse(model, z, context):
 
 
 @torch.no_grad()
-def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000, elbo_samples=10_000, seed=SEED):
+def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000, elbo_samples=10_000, seed=EVAL_SEED):
     """What each row of the posterior figure shows, for images x (M, C, H, W) in model space: a list of
     dicts with the window 'box', the densities 'posterior', 'q0', 'qk' on a window x window grid of it
     (None for 'qk' when the flow has no inverse: then 'qk_samples' (samples, 2) from q_K), 'log_px' (the
@@ -289,7 +284,6 @@ def posterior_figure(model, pre, images, labels, path, title, indices=None, **kw
     """plots/<prefix>_posterior.png: for 6 test images of different classes (`pick_images`), the image, the
     true posterior p(z|x), q0(z0|x) and q_K(z|x), each row zoomed on its posterior. Returns False (and draws
     nothing) unless the latent space is 2-D, else True."""
-    import plotting
     indices = pick_images(labels) if indices is None else indices
     x, log_det_pre = preprocess(pre, images[indices])
     if latent_dim(model, x) != 2:

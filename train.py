@@ -27,6 +27,7 @@ import data_utils
 import datasets
 import distributed
 import plotting
+import posterior2d
 from evaluate import bits_per_dim, evaluate, save_latent_plot, save_pictures
 from utils import (Diverged, UsageError, device_name, load_checkpoint, log_json, pick_device, prepare_out_dirs,
                    save_checkpoint, write_json)
@@ -330,6 +331,9 @@ def finish(run):
     if not distributed.is_main():
         return
     record = {'iter': state['iter'], 'final': True, 'skipped': state['skipped'], **best, **metrics}
+    if args.latent_dim == 2:   # log p(x) itself, by quadrature over z, and the gaps of the two bounds to it
+        exact = posterior2d.exact_log_px(model, pre, test_images).mean().item()
+        record.update(posterior2d.gaps(metrics, exact, binary=pre.binary, dims=test_images[0].numel()))
     log_json(run.path('logs', '.jsonl'), record)
     steps = [(r['iter'], r['its_per_s']) for r in state['history']['train']]
     train_seconds = sum((it - prev) / speed for (prev, _), (it, speed) in zip([(0, None)] + steps, steps))
@@ -340,6 +344,7 @@ def finish(run):
     plotting.plot_curves(state['history'], run.path('plots', '_curves.png'))
     if args.latent_dim == 2:
         save_latent_plot(model, pre, *run.test, run.path('plots', '_latent.png'), run.prefix)
+        posterior2d.posterior_figure(model, pre, *run.test, run.path('plots', '_posterior.png'), run.prefix)
 
     which = f'the best model (iteration {best["best_iter"]} of {state["iter"]})' if best else f'iteration {state["iter"]}'
     print(f'\ntest set ({test_images.shape[0]} images), {which}, {run.prefix}')
@@ -351,10 +356,17 @@ def finish(run):
         print(f'  {"-ELBO":<28}{metrics["test_bpd_elbo"]:>12.4f} bits/dim')
         if args.iw_samples:
             print(f'  {"-log p(x), " + iw:<28}{metrics["test_bpd_log_px_iw"]:>12.4f} bits/dim')
+        if args.latent_dim == 2:
+            print(f'  {"-log p(x), exact (grid)":<28}{record["test_bpd_log_px_exact"]:>12.4f} bits/dim')
         print('  log-density of the dequantized image y = (x + u)/256 in [0, 1)^D, in nats:')
     print(f'  {"ELBO":<28}{metrics["test_elbo"]:>12.3f} nats')
     if args.iw_samples:
         print(f'  {density + ", " + iw:<28}{metrics["test_log_px_iw"]:>12.3f} nats')
+    if args.latent_dim == 2:
+        print(f'  {density + ", exact (grid)":<28}{record["test_log_px_exact"]:>12.3f} nats')
+        print(f'  {"  exact - ELBO (the KL)":<28}{record["test_gap_elbo"]:>12.3f} nats')
+        if args.iw_samples:
+            print(f'  {"  exact - IW":<28}{record["test_gap_iw"]:>12.3f} nats')
     if best:
         print(f'  {"ELBO of the last iterate":<28}{best["last_test_elbo"]:>12.3f} nats')
     if args.binarize == 'none' and pre.binary:

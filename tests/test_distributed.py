@@ -39,7 +39,7 @@ from scripts import ROOT, read_log, run_script
 
 TORCHRUN = shutil.which('torchrun', path=os.path.dirname(sys.executable)) or shutil.which('torchrun')
 ENV = subprocess_env()
-CONV_FLAGS = ['--base_dim', '2', '--scale', '1', '--latent_dim', '2', '--flow', 'planar', '--length', '2',
+CONV_FLAGS = ['--base_dim', '2', '--scale', '1', '--latent_dim', '3', '--flow', 'planar', '--length', '2',
         '--batch_size', '8', '--iw_samples', '3', '--sample_size', '4', '--log_every', '2', '--sample_every', '2', '--eval_every', '2',
         '--ckpt_every', '2', '--device', 'cpu']
 
@@ -342,7 +342,7 @@ def test_a_torchrun_run_writes_once_and_its_checkpoint_resumes_in_one_process_an
 def test_a_torchrun_run_over_nccl_at_world_size_1_trains_as_one_process(device, data_root, tmp_path):
     """static_flow_vae.py under torchrun with one CUDA rank (NCCL, DDP, the per-step all-reduce of the loss
     and the non-finite flag) ends at the parameters of the plain CUDA run, to rtol 1e-5 and atol 1e-6."""
-    flags = ['--layer', '1', '--hidden_dim', '8', '--latent_dim', '2', '--flow', 'planar', '--length', '2',
+    flags = ['--layer', '1', '--hidden_dim', '8', '--latent_dim', '3', '--flow', 'planar', '--length', '2',
              '--batch_size', '8', '--iw_samples', '2', '--sample_size', '4', '--max_iter', '6', '--log_every', '2',
              '--data_dir', data_root, '--device', device]
     outs = {how: str(tmp_path / how) for how in ('torchrun', 'plain')}
@@ -382,7 +382,7 @@ def _signal_worker(rank, world, data_root, out):
                 os.kill(os.getpid(), signal.SIGTERM)
             return original(self)
         data_utils.Batches.__next__ = next_batch
-    code = run_script('static_flow_vae.py', ['--layer', '1', '--hidden_dim', '8', '--latent_dim', '2',
+    code = run_script('static_flow_vae.py', ['--layer', '1', '--hidden_dim', '8', '--latent_dim', '3',
                                              '--batch_size', '8', '--max_iter', '50', '--sample_every', '100',
                                              '--iw_samples', '2', '--device', 'cpu', '--data_dir', data_root,
                                              '--out_dir', out])

@@ -73,7 +73,7 @@ def test_a_run_with_the_seed_objective_reports_the_true_elbo_of_its_checkpoint(d
     log p(z_K) - log q0(z0|x) + log_det, recomputed here by hand from the checkpoint with evaluation's noise."""
     out = str(tmp_path)
     assert run_script('static_flow_vae.py', [
-        '--max_iter', '6', '--batch_size', '8', '--latent_dim', '2', '--layer', '1', '--hidden_dim', '16',
+        '--max_iter', '6', '--batch_size', '8', '--latent_dim', '3', '--layer', '1', '--hidden_dim', '16',
         '--flow', 'planar', '--length', '4', '--objective', 'seed', '--iw_samples', '0', '--sample_every', '6',
         '--log_every', '6', '--eval_every', '6', '--data_dir', data_root, '--out_dir', out, '--device', 'cpu']) == 0
     prefix, records = read_log(out)

@@ -36,9 +36,9 @@ from flows import FLOW_KINDS
 from scripts import ROOT, read_log, run_script
 from synthetic_data import write_dataset
 
-MLP = ['--layer', '1', '--hidden_dim', '8', '--latent_dim', '2', '--batch_size', '8', '--iw_samples', '2',
+MLP = ['--layer', '1', '--hidden_dim', '8', '--latent_dim', '3', '--batch_size', '8', '--iw_samples', '2',
        '--sample_size', '4', '--device', 'cpu']
-CONV = ['--base_dim', '2', '--scale', '1', '--latent_dim', '2', '--batch_size', '8', '--iw_samples', '2',
+CONV = ['--base_dim', '2', '--scale', '1', '--latent_dim', '3', '--batch_size', '8', '--iw_samples', '2',
         '--sample_size', '4', '--device', 'cpu']
 STATIC, DYNAMIC, CONV_SCRIPT = 'static_flow_vae.py', 'dynamic_flow_vae.py', 'static_flow_conv_vae.py'
 # the network is unreachable for subprocesses: proxies that refuse connections, and pip without an index
@@ -338,10 +338,10 @@ def test_a_checkpoint_of_another_script_is_refused(checkpoints, data_root, tmp_p
     one_error_line(capsys.readouterr().err, path, 'dynamic_flow_vae.py', 'static_flow_conv_vae.py')
 
 
-@pytest.mark.parametrize('flag', [['--latent_dim', '3'], ['--latent_dim=3'], ['--latent', '3'],
+@pytest.mark.parametrize('flag', [['--latent_dim', '4'], ['--latent_dim=4'], ['--latent', '4'],
                                   ['--flow', 'radial'], ['--dataset', 'cifar10'], ['--hidden_dim', '9']])
 def test_a_flag_that_contradicts_the_checkpoint_is_refused(flag, checkpoints, data_root, tmp_path, capsys):
-    """`--latent 3` is argparse's abbreviation of --latent_dim: it must not be silently overridden."""
+    """`--latent 4` is argparse's abbreviation of --latent_dim: it must not be silently overridden."""
     path = checkpoints[STATIC]
     code = run_script(STATIC, ['--resume', path, *flag, '--data_dir', data_root, '--out_dir', str(tmp_path / 'o')])
     assert code == 2
@@ -364,7 +364,7 @@ def test_real_processes_print_one_line_for_bad_input(checkpoints, data_root, tmp
     cases = {
         'hostile': (STATIC, ['--resume', str(evil)], [str(evil), 'refused for safety']),
         'hostile pickle': (STATIC, ['--resume', str(evil_pickle)], [str(evil_pickle)]),
-        'contradicting': (STATIC, ['--resume', checkpoints[STATIC], '--latent_dim', '3'], ['--latent_dim 3']),
+        'contradicting': (STATIC, ['--resume', checkpoints[STATIC], '--latent_dim', '4'], ['--latent_dim 4']),
         'truncated IDX': (STATIC, [*MLP, '--max_iter', '1', '--data_dir', str(bad_data)],
                           [str(idx), 'truncated', 'datasets.py fetch mnist']),
     }
@@ -778,7 +778,7 @@ def test_a_real_enospc_from_dev_full_keeps_the_previous_checkpoint(tmp_path, mon
 
 # ---- stress: every flow at --lr 1e-2 -------------------------------------------------------------
 
-STRESS = ['--layer', '1', '--hidden_dim', '16', '--latent_dim', '2', '--batch_size', '16', '--iw_samples', '2',
+STRESS = ['--layer', '1', '--hidden_dim', '16', '--latent_dim', '3', '--batch_size', '16', '--iw_samples', '2',
           '--sample_size', '4', '--sample_every', '2000', '--log_every', '500', '--ckpt_every', '1000',
           '--max_iter', '2000', '--lr', '1e-2', '--device', 'cpu']
 STRESS_MAX_SKIPPED = 20   # 1% of the steps; measured: none skipped by any of the eight configurations (CPU, fp32)

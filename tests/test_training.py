@@ -17,7 +17,7 @@ import train
 from devices import CUDA, DEVICES
 from scripts import read_log, run_script
 
-TINY = ['--max_iter', '6', '--batch_size', '8', '--latent_dim', '2', '--length', '2', '--log_every', '2',
+TINY = ['--max_iter', '6', '--batch_size', '8', '--latent_dim', '3', '--length', '2', '--log_every', '2',
         '--sample_every', '3', '--eval_every', '3', '--ckpt_every', '3', '--iw_samples', '4', '--sample_size', '4']
 SCRIPT_FLAGS = {
     'static_flow_vae.py': ['--layer', '1', '--hidden_dim', '16'],
@@ -59,12 +59,32 @@ def test_script_writes_every_output(script, kind, device, data_root, tmp_path):
             assert img.size == grid_size(4, 28, 2)
         with Image.open(os.path.join(out, 'reconstructions', f'{prefix}_{it}.png')) as img:
             assert img.size == grid_size(64, 28, 16)  # 32 test images beside their reconstructions
-    for name in ('latent', 'curves'):
-        with Image.open(os.path.join(out, 'plots', f'{prefix}_{name}.png')) as img:
-            assert img.size[0] > 300 and img.size[1] > 200
+    with Image.open(os.path.join(out, 'plots', f'{prefix}_curves.png')) as img:
+        assert img.size[0] > 300 and img.size[1] > 200
+    assert not os.path.exists(os.path.join(out, 'plots', f'{prefix}_posterior.png'))   # not a 2-D run
+    assert 'test_log_px_exact' not in final
     ckpt = torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
     assert ckpt['iter'] == 6 and ckpt['script'] == script and ckpt['config']['flow'] == kind
     assert ckpt['config']['device'] == device and (len(ckpt['rng']['cuda']) > 0) == torch.cuda.is_available()
+
+
+@pytest.mark.parametrize('script,kind', [('static_flow_vae.py', 'householder'), ('dynamic_flow_vae.py', 'planar'),
+                                         ('static_flow_conv_vae.py', 'nice')])
+def test_a_2d_run_reports_the_exact_log_likelihood_and_draws_the_posterior(script, kind, data_root, tmp_path):
+    """With --latent_dim 2 the final record has log p(x) by quadrature and the gaps of the ELBO and the IW
+    estimate to it (both bounds below it, up to IW's noise), and plots/ has the latent and posterior figures."""
+    out = str(tmp_path)
+    flags = [*TINY, *SCRIPT_FLAGS[script], '--latent_dim', '2', '--flow', kind, '--data_dir', data_root,
+             '--out_dir', out]
+    assert run_script(script, flags) == 0
+    prefix, records = read_log(out)
+    final = records[-1]
+    assert final['test_gap_elbo'] == pytest.approx(final['test_log_px_exact'] - final['test_elbo'])
+    assert final['test_gap_iw'] == pytest.approx(final['test_log_px_exact'] - final['test_log_px_iw'])
+    assert final['test_gap_elbo'] > 0 and final['test_gap_iw'] > -0.5
+    for name in ('latent', 'posterior'):
+        with Image.open(os.path.join(out, 'plots', f'{prefix}_{name}.png')) as img:
+            assert img.size[0] > 300 and img.size[1] > 200
 
 
 @pytest.mark.parametrize('dataset', ['fashion-mnist', 'svhn', 'cifar10'])
@@ -96,7 +116,7 @@ def test_resume_continues_exactly(script, kind, device, data_root, tmp_path):
     rtol 1e-5 and atol 1e-6, as cuDNN and CUDA's reductions need not be bitwise repeatable."""
     tol = dict(rtol=0, atol=0) if device == 'cpu' else dict(rtol=1e-5, atol=1e-6)
     flags = [*SCRIPT_FLAGS[script], '--flow', kind, '--data_dir', data_root, '--device', device,
-             '--batch_size', '8', '--latent_dim', '2', '--length', '2', '--iw_samples', '2',
+             '--batch_size', '8', '--latent_dim', '3', '--length', '2', '--iw_samples', '2',
              '--sample_every', '4', '--ckpt_every', '4', '--log_every', '2', '--warmup', '5',
              '--val_size', '16', '--eval_every', '1', '--patience', '100']
     straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
