@@ -15,14 +15,6 @@ from test_vae import LinearVAE, linear_gaussian, perturbed_flow
 from vae import elbo, iw_log_likelihood
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def linear_gaussian_model(flow=None):
     """A 2-D linear-Gaussian VAE with a narrow posterior (std ~ 0.1) and its closed-form log p(x)."""
     sigma = 0.3
