@@ -68,16 +68,16 @@ def base_parser(description, latent_dim, max_iter):
                    help='sylvester-householder: Householder reflections per Q')
 
     g = p.groups['optimisation']
+    g.add_argument('--batch_size', type=int, default=128,
+                   help='minibatch size; under torchrun the global batch, split evenly over the processes')
+    g.add_argument('--max_iter', type=int, default=max_iter, help='training iterations')
+    g.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
     g.add_argument('--objective', default='elbo', choices=OBJECTIVES,
                    help="'elbo': the flow ELBO with the prior at z_K; 'seed': the original "
                         "repo's KL(q0||p) at z0 minus the log-det (to reproduce its figures; not a bound). "
                         'Evaluation always reports the flow ELBO')
     g.add_argument('--warmup', type=int, default=0,
                    help='KL warm-up: the KL terms are scaled by beta rising from 0 to 1 over this many iterations')
-    g.add_argument('--batch_size', type=int, default=128,
-                   help='minibatch size; under torchrun the global batch, split evenly over the processes')
-    g.add_argument('--max_iter', type=int, default=max_iter, help='training iterations')
-    g.add_argument('--lr', type=float, default=1e-3, help='Adam learning rate')
     g.add_argument('--momentum', type=float, default=0.9, help="Adam's beta1 (the original repo's name)")
     g.add_argument('--decay', type=float, default=0.999, help="Adam's beta2 (the original repo's name)")
     g.add_argument('--clip_grad', type=float, default=0.0,
