@@ -66,8 +66,8 @@ def table(section):
           'best iteration (epoch) | it/s |')
     print('|---|---|---:|---:|---:|---:|---:|' + '---:|' * (3 if exact else 0) + '---:|---:|---:|')
     order = {flow: i for i, flow in enumerate(FLOW_ORDER)}
-    for (model, mode, flow), group in sorted(runs.items(), key=lambda kv: (kv[0][1] != 'static' or kv[0][2] == 'none',
-                                                                              kv[0][0], kv[0][1], order.get(kv[0][2]))):
+    for (model, mode, flow), group in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][2] != 'none', kv[0][1],
+                                                                              order.get(kv[0][2], len(order)), kv[0][2])):
         finals = [final for _, final, _ in group]
         elbo = [f[f'{key}elbo'] for f in finals]
         iw = [f[f'{key}log_px_iw'] for f in finals if f'{key}log_px_iw' in f]
