@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import plotting
-from evaluate import EVAL_BATCH, EVAL_SEED, bits_per_dim
+from evaluate import EVAL_BATCH, EVAL_SEED, bits_per_dim, eval_rng, seed_batch
 from vae import LOG_2PI, elbo, log_normal_diag, log_standard_normal
 
 GRID = 640          # default cells per axis (cells 0.025 wide); 10^4 MNIST images in about 50 CPU-seconds
@@ -143,25 +143,24 @@ def _sum_block(model, x, z, dtype, total, images, image_chunk):
         total[index] = torch.logaddexp(total[index], chunk_lse)
 
 
-def preprocess(pre, images, seed=EVAL_SEED, batch_size=EVAL_BATCH):
-    """(x, log_det_pre) of uint8 `images` as the evaluation sees them: `pre(·, train=False)` per batch of
-    `batch_size`, the batch starting at index s seeded with seed + 2 s (utils.seed_batch phase 0), so for
-    8-bit data the dequantized images are the very ones whose ELBO is reported. The global RNG is untouched."""
+def preprocess(pre, images, batch_size=EVAL_BATCH):
+    """(x, log_det_pre) of uint8 `images` as evaluate.evaluate sees them: `pre(·, train=False)` per batch, each
+    seeded by evaluate.seed_batch (phase 0) inside evaluate.eval_rng, so for 8-bit data the dequantized images
+    are the very ones whose ELBO is reported. The global RNG is untouched."""
     xs, dets = [], []
-    devices = [images.device] if images.device.type == 'cuda' else []
-    with torch.random.fork_rng(devices=devices):
+    with eval_rng(images.device):
         for start in range(0, images.shape[0], batch_size):
-            torch.manual_seed(seed + 2 * start)
+            seed_batch(0, start)
             x, det = pre(images[start:start + batch_size], train=False)
             xs.append(x)
             dets.append(det)
     return torch.cat(xs), torch.cat(dets)
 
 
-def exact_log_px(model, pre, images, n=GRID, limit=LIMIT, seed=EVAL_SEED, batch_size=EVAL_BATCH, **kw):
+def exact_log_px(model, pre, images, n=GRID, limit=LIMIT, batch_size=EVAL_BATCH, **kw):
     """log p(x) per image (N,) float64 of uint8 `images`, the preprocessing's log-det included (a density of
     y in [0, 1)^D for 8-bit data, as the ELBO of utils.evaluate). For models with a 2-D latent space."""
-    x, log_det_pre = preprocess(pre, images, seed, batch_size)
+    x, log_det_pre = preprocess(pre, images, batch_size)
     dim = latent_dim(model, x)
     if dim != 2:
         raise ValueError(f'exact log p(x) by quadrature needs a 2-D latent space, got latent_dim={dim}')
