@@ -210,12 +210,15 @@ def _normalize(log_density, log_cell):
     return (log_density - log_mass).exp(), log_mass
 
 
-def _window(posterior, z, q0_mean, q0_std, mass=0.999, pad=0.15):
-    """A square window holding `mass` of the posterior on the grid and q0's mean ± 3 std."""
+def _window(posterior, z, q0_mean, q0_std, qk_samples, mass=0.999, pad=0.15):
+    """A square window holding `mass` of the posterior on the grid, q0's mean ± 3 std and the central `mass`
+    of q_K's samples (N, 2), so that a q_K far from p(z|x) is drawn too."""
     weights = posterior.flatten() / posterior.sum()
     order = weights.argsort(descending=True)
     keep = order[:int((weights[order].cumsum(0) < mass).sum()) + 1]
-    points = torch.cat([z[keep], (q0_mean - 3 * q0_std)[None], (q0_mean + 3 * q0_std)[None]])
+    tails = torch.tensor([(1 - mass) / 2, (1 + mass) / 2], dtype=qk_samples.dtype)
+    points = torch.cat([z[keep], (q0_mean - 3 * q0_std)[None], (q0_mean + 3 * q0_std)[None],
+                        torch.quantile(qk_samples, tails, dim=0).to(z.dtype)])
     low, high = points.min(0).values, points.max(0).values
     centre, half = (low + high) / 2, (high - low).max() / 2 * (1 + pad) + 1e-3
     return [float(centre[0] - half), float(centre[0] + half), float(centre[1] - half), float(centre[1] + half)]
@@ -239,9 +242,10 @@ def _flow_inverse(model, z, context):
 @torch.no_grad()
 def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000, elbo_samples=10_000, seed=EVAL_SEED):
     """What each row of the posterior figure shows, for images x (M, C, H, W) in model space: a list of
-    dicts with the window 'box', the densities 'posterior', 'q0', 'qk' on a window x window grid of it
-    (None for 'qk' when the flow has no inverse: then 'qk_samples' (samples, 2) from q_K), 'log_px' (the
-    grid quadrature), 'elbo' (the mean of `elbo_samples` single-sample ELBOs) and 'qk_exact'."""
+    dicts with the window 'box' (holding the bulk of p(z|x), q0 and q_K), the densities 'posterior', 'q0',
+    'qk' on a window x window grid of it (None for 'qk' when the flow has no inverse: then 'qk_samples'
+    (samples, 2) from q_K), 'log_px' (the grid quadrature), 'elbo' (the mean of `elbo_samples`
+    single-sample ELBOs) and the 'flow' kind."""
     was_training = model.training
     model.eval()
     dtype = x.dtype
@@ -255,21 +259,22 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
             posterior, log_px = _normalize(joint[i], log_cell)
             mean, log_var, context = model.encode(xi)
             std = torch.exp(0.5 * log_var)
-            box = _window(posterior.cpu(), z.cpu().double(), mean[0].cpu().double(), std[0].cpu().double())
+            eps = torch.randn(samples, 2, device=x.device, dtype=dtype)
+            ctx_s = None if context is None else context.expand(samples, -1)
+            qk_samples = model.flow(mean + std * eps, ctx_s)[0].cpu()
+            box = _window(posterior.cpu(), z.cpu().double(), mean[0].cpu().double(), std[0].cpu().double(),
+                          qk_samples)
             zw, log_cell_w = _window_grid(box, window)
             zw_model = zw.to(device=x.device, dtype=dtype)
             post_w, _ = _normalize(log_joint(model, xi, zw_model)[0].double().cpu(), log_cell_w)
             q0 = log_normal_diag(zw, mean.cpu().double(), log_var.cpu().double()).exp()
             ctx = None if context is None else context.expand(zw.shape[0], -1)
             inverse = _flow_inverse(model, zw_model, ctx)
-            qk, qk_samples = None, None
-            if inverse is not None:
+            qk = None
+            if inverse is not None:   # exact contours; the samples only placed the window
                 z0, inv_log_det = inverse
                 qk = (log_normal_diag(z0.double(), mean.double(), log_var.double()) + inv_log_det.double()).exp().cpu()
-            else:
-                eps = torch.randn(samples, 2, device=x.device, dtype=dtype)
-                ctx_s = None if context is None else context.expand(samples, -1)
-                qk_samples = model.flow(mean + std * eps, ctx_s)[0].cpu()
+                qk_samples = None
             draws = elbo(model(xi.expand(elbo_samples, *xi.shape[1:])), model.has_flow)
             rows.append({'box': box, 'posterior': post_w.view(window, window), 'q0': q0.view(window, window),
                          'qk': None if qk is None else qk.view(window, window), 'qk_samples': qk_samples,

@@ -142,6 +142,19 @@ def tiny_mnist_model(latent_dim, flow):
     return static_flow_vae.build_model(args, (1, 28, 28))
 
 
+def test_posterior_window_holds_a_distant_q_k():
+    """The row's window covers q_K's samples as well as p(z|x) and q0, so a q_K that missed the posterior
+    is still drawn."""
+    z, _ = posterior2d.grid_points(100, 4.0, dtype=torch.float64)
+    posterior = torch.exp(-0.5 * (z / 0.1).pow(2).sum(-1))                 # p(z|x) at the origin
+    torch.manual_seed(0)
+    qk_samples = torch.tensor([3.0, -2.0]) + 0.05 * torch.randn(10_000, 2)  # q_K far from it
+    box = posterior2d._window(posterior, z, torch.zeros(2, dtype=torch.float64),
+                              torch.full((2,), 0.1, dtype=torch.float64), qk_samples)
+    assert box[0] < -0.3 and box[1] > 3.1 and box[2] < -2.1 and box[3] > 0.3
+    assert box[1] - box[0] < 5 and box[3] - box[2] < 5   # and is no wider than the three need
+
+
 @pytest.mark.parametrize('flow', ['householder', 'planar'])   # the exact q_K density, and a histogram
 def test_posterior_figure(tmp_path, flow):
     images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)

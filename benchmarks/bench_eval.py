@@ -1,0 +1,70 @@
+"""The 2-D final evaluation's cost: exact log p(x) by quadrature beside the IW estimate, in one run.
+
+    python benchmarks/bench_eval.py [--checkpoint CKPT] [--iw_samples 1000] [--repeats 3] [--threads 2]
+
+On the 10,000 binarized MNIST test images, as train.finish evaluates them: posterior2d.exact_log_px (the
+default 640 x 640 grid over [-8, 8]², adaptive) and evaluate.evaluate with K importance samples, alternated
+`--repeats` times; min / median / max seconds of each. The model is the static 2-D MLP VAE of the original
+defaults, from --checkpoint if given (its weights decide how many grid tiles the adaptive quadrature sums in
+full), else freshly initialized. The two log p(x) values are printed too.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import data_utils  # noqa: E402
+import datasets  # noqa: E402
+import posterior2d  # noqa: E402
+import static_flow_vae  # noqa: E402
+import train  # noqa: E402
+from bench_train import config  # noqa: E402
+from evaluate import evaluate  # noqa: E402
+from utils import load_checkpoint  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--checkpoint', help='a static_flow_vae.py checkpoint with --latent_dim 2 (default: untrained)')
+    parser.add_argument('--iw_samples', type=int, default=1000)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--data_dir', default=datasets.default_data_dir())
+    opts = parser.parse_args()
+    torch.set_num_threads(opts.threads)
+
+    args = config(latent_dim=2)
+    if opts.checkpoint:
+        state = load_checkpoint(opts.checkpoint, 'static_flow_vae.py')
+        args = config(**{k: v for k, v in state['config'].items() if k in vars(args)})
+    torch.manual_seed(0)
+    model = static_flow_vae.build_model(args, datasets.image_shape('mnist'))
+    if opts.checkpoint:
+        model.load_state_dict(state['model'])
+    model.eval()
+    images = datasets.load_split('mnist', opts.data_dir, train=False, log=lambda *_: None)[0]
+    images = data_utils.static_binarize(images, train.TEST_BINARIZATION_SEED)
+    pre = data_utils.Preprocessor('mnist')
+
+    jobs = {'exact (grid)': lambda: posterior2d.exact_log_px(model, pre, images).mean().item(),
+            f'IW, K = {opts.iw_samples}': lambda: evaluate(model, pre, images, iw_samples=opts.iw_samples)['test_log_px_iw']}
+    seconds, values = {name: [] for name in jobs}, {}
+    for _ in range(opts.repeats):
+        for name, job in jobs.items():   # alternated, so both see the same machine load
+            start = time.perf_counter()
+            values[name] = job()
+            seconds[name].append(time.perf_counter() - start)
+
+    print(f'{images.shape[0]} MNIST test images, {opts.threads} threads, {opts.repeats} repeats, '
+          f'{"checkpoint " + opts.checkpoint if opts.checkpoint else "untrained model"}')
+    print('| evaluation | log p(x) | min s | median s | max s |\n|---|---:|---:|---:|---:|')
+    for name, times in seconds.items():
+        print(f'| {name} | {values[name]:.3f} | {min(times):.1f} | {statistics.median(times):.1f} | {max(times):.1f} |')
+
+
+if __name__ == '__main__':
+    main()
