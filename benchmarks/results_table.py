@@ -59,38 +59,39 @@ def table(section):
         return
     binary = 'test_bpd_elbo' not in next(iter(runs.values()))[0][1]
     unit, key, digits = ('nats', 'test_', 2) if binary else ('bits/dim', 'test_bpd_', 4)
-    exact = any(f'{key}log_px_exact' in final for group in runs.values() for _, final, _ in group)
-    print(f'\n{section} (test set, {unit})\n')
-    extra = ' log p(x), exact | exact − ELBO | exact − IW |' if exact else ''
-    print(f'| model | flow | seeds | ELBO | log p(x), IW | IW − ELBO | K |{extra} best validation ELBO | '
-          'best iteration (epoch) | it/s |')
-    print('|---|---|---:|---:|---:|---:|---:|' + '---:|' * (3 if exact else 0) + '---:|---:|---:|')
     order = {flow: i for i, flow in enumerate(FLOW_ORDER)}
+    rows = []
     for (model, mode, flow), group in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][2] != 'none', kv[0][1],
                                                                               order.get(kv[0][2], len(order)), kv[0][2])):
         finals = [final for _, final, _ in group]
-        elbo = [f[f'{key}elbo'] for f in finals]
-        iw = [f[f'{key}log_px_iw'] for f in finals if f'{key}log_px_iw' in f]
-        gap = [abs(f[f'{key}log_px_iw'] - f[f'{key}elbo']) for f in finals if f'{key}log_px_iw' in f]
+
+        def values(name, minus=None):   # a metric over the seeds that have it, or its distance to another
+            return [abs(f[name] - f[minus]) if minus else f[name] for f in finals
+                    if name in f and (minus is None or minus in f)]
+
         best = []
         for _, final, summary in group:
             if 'best_iter' in final:
                 per_epoch = epoch_length(summary)
                 best.append(f"{final['best_iter']}" + (f" ({final['best_iter'] / per_epoch:.0f})" if per_epoch else ''))
-        speed = [s['its_per_s'] for _, _, s in group if s.get('its_per_s')]
-        val = [f['best_val_elbo'] for f in finals if 'best_val_elbo' in f]
-        columns = ''
-        if exact:   # exact log p(x) by quadrature (2-D latents); its gaps to the ELBO (the KL) and to IW
-            exact_values = [f.get(f'{key}log_px_exact') for f in finals]
-            known = [(e, f) for e, f in zip(exact_values, finals) if e is not None]
-            columns = (f' {cell([e for e, _ in known], digits)} |'
-                       f' {cell([abs(e - f[f"{key}elbo"]) for e, f in known], digits)} |'
-                       f' {cell([abs(e - f[f"{key}log_px_iw"]) for e, f in known if f"{key}log_px_iw" in f], digits)} |')
-        k = {f.get('iw_samples', '–') for f in finals}
-        print(f'| {model} {mode} | {flow} | {len(group)} | {cell(elbo, digits)} | {cell(iw, digits)} | '
-              f'{cell(gap, digits)} | {"/".join(map(str, sorted(k, key=str)))} |{columns} {cell(val, 2)} | '
-              f'{", ".join(best) or "–"} | '
-              f'{cell(speed, 0)} |')
+        elbo, iw, exact = f'{key}elbo', f'{key}log_px_iw', f'{key}log_px_exact'
+        k = sorted({f['iw_samples'] for f in finals if iw in f})
+        rows.append({
+            'model': f'{model} {mode}', 'flow': flow, 'seeds': str(len(group)),
+            'ELBO': cell(values(elbo), digits), 'log p(x), IW': cell(values(iw), digits),
+            'IW − ELBO': cell(values(iw, elbo), digits), 'K': '/'.join(map(str, k)) or '–',
+            # in 2-D, log p(x) itself by quadrature; its gaps to the ELBO (the mean KL) and to IW
+            'log p(x), exact': cell(values(exact), digits), 'exact − ELBO': cell(values(exact, elbo), digits),
+            'exact − IW': cell(values(exact, iw), digits),
+            'best validation ELBO': cell(values('best_val_elbo'), 2),
+            'best iteration (epoch)': ', '.join(best) or '–',
+            'it/s': cell([s['its_per_s'] for _, _, s in group if s.get('its_per_s')], 0)})
+    columns = [c for c in rows[0] if any(row[c] != '–' for row in rows)]   # drop the columns no run has
+    print(f'\n{section} (test set, {unit})\n')
+    print('| ' + ' | '.join(columns) + ' |')
+    print('|' + '|'.join('---' if c in ('model', 'flow') else '---:' for c in columns) + '|')
+    for row in rows:
+        print('| ' + ' | '.join(row[c] for c in columns) + ' |')
 
 
 def epoch_length(summary):

@@ -1,0 +1,64 @@
+"""benchmarks/collect_results.py and results_table.py: the README's tables from committed run files."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import collect_results  # noqa: E402
+import results_table  # noqa: E402
+
+
+def write_run(folder, records, summary=None):
+    """RUNS/SECTION/RUN as a run leaves it: logs/<prefix>.jsonl and, when finished, logs/<prefix>_summary.json."""
+    os.makedirs(os.path.join(folder, 'logs'))
+    with open(os.path.join(folder, 'logs', 'prefix.jsonl'), 'w') as f:
+        f.writelines(json.dumps(r) + '\n' for r in records)
+    if summary is not None:
+        with open(os.path.join(folder, 'logs', 'prefix_summary.json'), 'w') as f:
+            json.dump(summary, f)
+
+
+def final(elbo, iw=None, exact=None, **extra):
+    record = {'iter': 1000, 'final': True, 'test_elbo': elbo, **extra}
+    if iw is not None:
+        record.update(test_log_px_iw=iw, iw_samples=1000)
+    if exact is not None:
+        record['test_log_px_exact'] = exact
+    return record
+
+
+@pytest.fixture
+def section(tmp_path):
+    runs = tmp_path / 'runs'
+    train = {'iter': 500, 'loss': 150.0, 'its_per_s': 50.0}
+    write_run(runs / 'mlp_static_none', [train, final(-140.0, -137.0, -135.0)], {'its_per_s': 40.0})
+    write_run(runs / 'mlp_amortized_planar_seed0', [train, final(-150.0), final(-139.0, -136.0, -134.0)], {})
+    write_run(runs / 'mlp_amortized_planar_seed1', [train, final(-141.0, -137.0, -134.5)], {})
+    write_run(runs / 'mlp_static_radial', [train])   # not finished
+    collect_results.collect(str(runs), str(tmp_path / 'results'))
+    return tmp_path / 'results'
+
+
+def test_collect_copies_finished_runs_only(section):
+    assert sorted(os.listdir(section)) == ['mlp_amortized_planar_seed0', 'mlp_amortized_planar_seed1',
+                                           'mlp_static_none']
+    assert os.path.exists(section / 'mlp_static_none' / 'summary.json')
+    assert os.path.exists(section / 'mlp_amortized_planar_seed1' / 'log.jsonl')
+
+
+def test_table_rows_are_last_finals_over_seeds(section, capsys):
+    results_table.table(str(section))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('|')]
+    header = [c.strip() for c in lines[0].strip('|').split('|')]
+    rows = {tuple(c.strip() for c in line.strip('|').split('|'))[1]: line for line in lines[2:]}
+    # no run has a validation set: those columns are dropped; the 2-D ones are there
+    assert 'best validation ELBO' not in header and 'exact − ELBO' in header
+    cells = dict(zip(header, (c.strip() for c in rows['planar'].strip('|').split('|'))))
+    # seed 0's last final record (-139), not its first (-150); mean ± sample std over the two seeds
+    assert cells['seeds'] == '2' and cells['ELBO'] == '-140.00 ± 1.41'
+    assert cells['log p(x), IW'] == '-136.50 ± 0.71' and cells['exact − ELBO'] == '5.75 ± 1.06'
+    cells = dict(zip(header, (c.strip() for c in rows['none'].strip('|').split('|'))))
+    assert cells['exact − IW'] == '2.00' and cells['K'] == '1000' and cells['it/s'] == '40'
+    assert lines[2].split('|')[2].strip() == 'none'   # the plain VAE first
