@@ -210,13 +210,13 @@ def _normalize(log_density, log_cell):
     return (log_density - log_mass).exp(), log_mass
 
 
-def _window(posterior, z, q0_mean, q0_std, qk_samples, mass=0.999, pad=0.15):
-    """A square window holding `mass` of the posterior on the grid, q0's mean ± 3 std and the central `mass`
-    of q_K's samples (N, 2), so that a q_K far from p(z|x) is drawn too."""
+def _window(posterior, z, q0_mean, q0_std, qk_samples, mass=0.999, qk_mass=0.99, pad=0.15):
+    """A square window holding `mass` of the posterior on the grid, q0's mean ± 3 std and the central `qk_mass`
+    of q_K's samples (N, 2) on each axis, so that a q_K far from p(z|x) is drawn too."""
     weights = posterior.flatten() / posterior.sum()
     order = weights.argsort(descending=True)
     keep = order[:int((weights[order].cumsum(0) < mass).sum()) + 1]
-    tails = torch.tensor([(1 - mass) / 2, (1 + mass) / 2], dtype=qk_samples.dtype)
+    tails = torch.tensor([(1 - qk_mass) / 2, (1 + qk_mass) / 2], dtype=qk_samples.dtype)
     points = torch.cat([z[keep], (q0_mean - 3 * q0_std)[None], (q0_mean + 3 * q0_std)[None],
                         torch.quantile(qk_samples, tails, dim=0).to(z.dtype)])
     low, high = points.min(0).values, points.max(0).values
