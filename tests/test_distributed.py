@@ -357,7 +357,7 @@ def test_a_torchrun_run_over_nccl_at_world_size_1_trains_as_one_process(device, 
 
 
 def test_two_nodes_meet_through_the_c10d_rendezvous(data_root, tmp_path):
-    """The README's multi-node command, with two torchrun launchers on this machine standing in for two nodes."""
+    """The multi-node command of docs/scaling.md, two torchrun launchers on this machine standing in for two nodes."""
     out, port = str(tmp_path / 'run'), free_port()
     argv = [*CONV_FLAGS, '--dataset', 'svhn', '--max_iter', '2', '--data_dir', data_root, '--out_dir', out]
     nodes = [subprocess.Popen([TORCHRUN, '--nnodes', '2', '--nproc_per_node', '1', '--rdzv_backend', 'c10d',
