@@ -60,6 +60,12 @@ def _likelihood_terms(model, x, z, dtype):
             x * precision, decoded)
 
 
+def _joint_terms(model, x, z, dtype):
+    """log p(x_i|z_g) + log N(z_g; 0, I) = a_i + b_g + (A Bᵀ)_ig: _likelihood_terms with the prior added to b."""
+    a, b, A, B = _likelihood_terms(model, x, z, dtype)
+    return a, b + log_standard_normal(z.to(dtype)), A, B
+
+
 def matmul_dtype(model):
     """float32 for Bernoulli logits (x is 0/1: no cancellation); float64 for the Gaussian, whose
     x², μ² and cross terms are each far larger than the (x − μ)² they sum to."""
@@ -72,8 +78,8 @@ def log_joint(model, x, z, dtype=None, grid_chunk=GRID_CHUNK):
     dtype = dtype or matmul_dtype(model)
     parts = []
     for g in range(0, z.shape[0], grid_chunk):
-        a, b, A, B = _likelihood_terms(model, x, z[g:g + grid_chunk], dtype)
-        parts.append(torch.addmm(b + log_standard_normal(z[g:g + grid_chunk].to(dtype)), A, B.T) + a[:, None])
+        a, b, A, B = _joint_terms(model, x, z[g:g + grid_chunk], dtype)
+        parts.append(torch.addmm(b, A, B.T) + a[:, None])
     return torch.cat(parts, dim=1)
 
 
@@ -113,8 +119,7 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
         tile_max = torch.full((x.shape[0], tiles * tiles), -math.inf, dtype=dtype, device=x.device)
         for g in range(0, sub_index.numel(), grid_chunk):
             z = z_all[sub_index[g:g + grid_chunk]]
-            _, b, A, B = _likelihood_terms(model, x, z, dtype)
-            b = b + log_standard_normal(z.to(dtype))
+            _, b, A, B = _joint_terms(model, x, z, dtype)
             index = sub_tile[g:g + grid_chunk]
             for i in range(0, x.shape[0], image_chunk):
                 part = torch.addmm(b[None], A[i:i + image_chunk], B.T)
@@ -135,8 +140,7 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
 
 def _sum_block(model, x, z, dtype, total, images, image_chunk):
     """total[images] ← logaddexp(total[images], logsumexp over z of log p(x|z) + log p(z) − a(x))."""
-    _, b, A, B = _likelihood_terms(model, x[images] if images.numel() < x.shape[0] else x, z, dtype)
-    b = b + log_standard_normal(z.to(dtype))                           # (G,)
+    _, b, A, B = _joint_terms(model, x[images] if images.numel() < x.shape[0] else x, z, dtype)   # b: (G,)
     for i in range(0, images.numel(), image_chunk):
         index = images[i:i + image_chunk]
         chunk_lse = torch.logsumexp(torch.addmm(b[None], A[i:i + image_chunk], B.T), dim=1).double()
