@@ -17,12 +17,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data_utils  # noqa: E402
 import datasets  # noqa: E402
 import posterior2d  # noqa: E402
 import static_flow_vae  # noqa: E402
-import train  # noqa: E402
-from bench_train import config  # noqa: E402
+from bench_train import config, mnist_test_set  # noqa: E402
 from evaluate import evaluate  # noqa: E402
 from utils import load_checkpoint  # noqa: E402
 
@@ -46,9 +44,7 @@ def main():
     if opts.checkpoint:
         model.load_state_dict(state['model'])
     model.eval()
-    images = datasets.load_split('mnist', opts.data_dir, train=False, log=lambda *_: None)[0]
-    images = data_utils.static_binarize(images, train.TEST_BINARIZATION_SEED)
-    pre = data_utils.Preprocessor('mnist')
+    images, pre = mnist_test_set(opts.data_dir)
 
     jobs = {'exact (grid)': lambda: posterior2d.exact_log_px(model, pre, images).mean().item(),
             f'IW, K = {opts.iw_samples}': lambda: evaluate(model, pre, images, iw_samples=opts.iw_samples)['test_log_px_iw']}
