@@ -22,7 +22,8 @@
 # Environment [default]: OUT [runs] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...}; at the end
 # benchmarks/collect_results.py copies each finished run's log and summary to results/SECTION/RUN/;
 # ITERS [5000, as in the README]; FLOWS [none planar radial householder nice] (fashion: none planar);
-# K_CONV [250]; JOBS [number of CPUs] runs at once, one CPU thread each;
+# K_CONV [250]; RUNS [all] a regular expression: only the runs whose name it matches are launched;
+# JOBS [number of CPUs] runs at once, one CPU thread each;
 # TRAIN_DEVICE [auto] trains the MLP runs, CONV_DEVICE [auto] the conv runs, EVAL_DEVICE [auto]
 # evaluates. Each run trains with --iw_samples 0; its checkpoint is then evaluated with --eval_only
 # and K samples, so a GPU can evaluate while the CPUs train. A run stopped by SIGTERM is evaluated
@@ -66,6 +67,7 @@ run() {
 
 running=0
 launch() {   # run in the background, at most JOBS at once
+  [[ $2 =~ ${RUNS:-.} ]] || return 0
   run "$@" &
   running=$((running + 1))
   if ((running >= JOBS)); then
