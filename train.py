@@ -127,7 +127,7 @@ def train_step(model, optimizer, params, x, log_det_pre, args, it, net=None, mar
     applied = found_inf == 0
     mark('grad norm')
     if args.clip_grad:
-        torch.nn.utils.clip_grads_with_norm_(grads, args.clip_grad, grad_norm)   # no sync: a tensor product
+        torch.nn.utils.clip_grads_with_norm_(params, args.clip_grad, grad_norm)   # no sync: a tensor product
     if uses_fused_adam(optimizer):
         optimizer.found_inf = found_inf
         try:

@@ -6,6 +6,7 @@ Where a process boundary matters (SIGKILL, SIGTERM/SIGINT, what stderr really sh
 runpy, as tests/test_training.py does, which also lets a test patch the model's forward or torch.save.
 """
 import contextlib
+import copy
 import errno
 import math
 import os
@@ -699,6 +700,27 @@ def test_the_training_iteration_has_no_host_sync(kind, amortized, conv, device, 
     assert calls == []
     mean_loss, skipped, bad, worst = counters.read()
     assert math.isfinite(mean_loss) and skipped == bad == worst == 0
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_clip_grad_scales_the_gradient_adam_steps_with(fused):
+    """--clip_grad c: the gradient Adam steps with (left in .grad) has norm c when the batch's is above c, and
+    is untouched below."""
+    model, optimizer, params, batches, pre, args = step_setup('cpu', fused=fused)
+    x, log_det_pre = pre(next(batches)[0], train=True)
+    state = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+    args.clip_grad = 0.0
+    torch.manual_seed(1)   # the same z0 in every step below
+    train.train_step(model, optimizer, params, x, log_det_pre, args, 1)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params]).item()
+    assert norm > 1e-3
+    for clip, expected in [(norm / 4, norm / 4), (4 * norm, norm)]:
+        model.load_state_dict(state[0])
+        optimizer.load_state_dict(state[1])
+        args.clip_grad = clip
+        torch.manual_seed(1)
+        train.train_step(model, optimizer, params, x, log_det_pre, args, 1)
+        assert torch.nn.utils.get_total_norm([p.grad for p in params]).item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_the_count_of_host_reads_sees_the_unfused_paths_sync(monkeypatch):
