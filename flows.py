@@ -4,6 +4,8 @@ Every step maps z (B, D) to (z', log_det) with log_det (B,) = log|det dz'/dz|, g
 `context` (B, C). A static step holds its parameters as nn.Parameters and ignores any context it is
 given (the VAE passes its encoder context either way); an amortized step (`context_dim` set) computes
 them per example from the context with a linear layer and raises ValueError without a (B, C) context.
+z may also be (S, B, D), S samples per example, with the context still (B, C) and log_det (S, B): an
+amortized step then computes each example's parameters once for its S samples (the IW estimate does this).
 `build_flow(kind, dim, length, context_dim=None, ...)` chains `length` steps.
 """
 import math
@@ -26,12 +28,15 @@ def reflect(x, v):
 
 
 def vecmat(x, A):
-    """xᵀA per example: x (B, n), A (n, m) or (B, n, m) -> (B, m)."""
-    return (x.unsqueeze(-2) @ A).squeeze(-2)
+    """xᵀA per example: x (…, B, n), A (n, m) or (B, n, m) -> (…, B, m); a batched A is used by all of an
+    example's rows at once (one (S, n) @ (n, m) product per example, not S products of one row)."""
+    return x @ A if A.dim() == 2 else torch.einsum('...bn,bnm->...bm', x, A)
 
 
-def check_context(context, context_dim, batch):
-    """Raise ValueError unless `context` fits a flow with `context_dim` (None: static, no context needed)."""
+def check_context(context, context_dim, z):
+    """Raise ValueError unless `context` fits a flow with `context_dim` (None: static, no context needed) on
+    z (B, D) or (S, B, D)."""
+    batch = z.shape[-2]
     if context_dim is None:
         return
     if context is None:
@@ -58,7 +63,7 @@ class FlowStep(nn.Module):
 
     def params(self, z, context):
         """(P,) static or (B, P) amortized."""
-        check_context(context, self.context_dim, z.shape[0])
+        check_context(context, self.context_dim, z)
         return self.theta if self.context_dim is None else self.to_theta(context)
 
     def inverse(self, z, context=None):
@@ -80,7 +85,8 @@ class PlanarFlow(FlowStep):
     def __init__(self, dim, context_dim=None):
         super().__init__(dim, context_dim, 0.1 * torch.randn(2 * dim + 1))
 
-    def forward(self, z, context=None):
+    def constrained(self, z, context=None):
+        """û, w (D,) or (B, D), b and 1 + wᵀû > 0, () or (B,) each: the parameters the step applies to z."""
         theta = self.params(z, context)
         u, w, b = theta[..., :self.dim], theta[..., self.dim:2 * self.dim], theta[..., -1]
         wu = (w * u).sum(-1, keepdim=True)                                 # (1,) or (B, 1)
@@ -90,7 +96,10 @@ class PlanarFlow(FlowStep):
         u_hat = u + (m_wu - 1 - wu) * w / ww_safe
         # 1 + wᵀû without cancellation: q = 1 exactly unless ‖w‖² < EPS, then 1 + wᵀû ≈ 1 + wᵀu ≈ 1
         q = ww / ww_safe
-        one_plus_wu_hat = (q * m_wu + (1 - q) * (1 + wu)).squeeze(-1)      # () or (B,)
+        return u_hat, w, b, (q * m_wu + (1 - q) * (1 + wu)).squeeze(-1)
+
+    def forward(self, z, context=None):
+        u_hat, w, b, one_plus_wu_hat = self.constrained(z, context)
         h = torch.tanh((z * w).sum(-1) + b)                                # (B,)
         # 1 + ûᵀψ = 1 + (1 − h²) wᵀû = h² + (1 − h²)(1 + wᵀû): a sum of two terms >= 0
         det = one_plus_wu_hat + h * h * (1 - one_plus_wu_hat)
@@ -135,7 +144,7 @@ class HouseholderFlow(FlowStep):
 
     def forward(self, z, context=None):
         z = reflect(z, self.params(z, context))
-        return z, z.new_zeros(z.shape[0])
+        return z, z.new_zeros(z.shape[:-1])
 
     def inverse(self, z, context=None):
         return self(z, context)
@@ -144,7 +153,7 @@ class HouseholderFlow(FlowStep):
 class NiceFlow(nn.Module):
     """Additive coupling (Dinh et al. 2014, arXiv:1410.8516, eq. 5): z'_b = z_b + m(z_a), z'_a = z_a.
 
-    z (B, D) is split into z[:, :D//2] and z[:, D//2:]; `parity` 0 keeps the first and updates the
+    z (B, D) is split into z[..., :D//2] and z[..., D//2:]; `parity` 0 keeps the first and updates the
     second, 1 the other way round. m is an MLP (two hidden layers of `hidden_dim`, ReLU), fed
     [z_a, context] when amortized. Volume-preserving: log|det| = 0. m's last layer starts at zero.
     """
@@ -166,14 +175,16 @@ class NiceFlow(nn.Module):
         nn.init.zeros_(self.shift[-1].bias)
 
     def _couple(self, z, context, sign):
-        check_context(context, self.context_dim, z.shape[0])
-        first, second = z[:, :self.half], z[:, self.half:]
+        check_context(context, self.context_dim, z)
+        first, second = z[..., :self.half], z[..., self.half:]
         kept = first if self.parity == 0 else second
-        shift = self.shift(kept if self.context_dim is None else torch.cat([kept, context], dim=-1))
+        if self.context_dim is not None:
+            kept = torch.cat([kept, context.expand(*kept.shape[:-1], -1)], dim=-1)
+        shift = self.shift(kept)
         if sign < 0:
             shift = -shift
         z = torch.cat([first, second + shift] if self.parity == 0 else [first + shift, second], dim=-1)
-        return z, z.new_zeros(z.shape[0])
+        return z, z.new_zeros(z.shape[:-1])
 
     def forward(self, z, context=None):
         return self._couple(z, context, 1)
@@ -193,11 +204,11 @@ class NiceScaling(FlowStep):
 
     def forward(self, z, context=None):
         s = self.params(z, context)
-        return z * torch.exp(s), s.sum(-1).expand(z.shape[0])
+        return z * torch.exp(s), s.sum(-1).expand(z.shape[:-1])
 
     def inverse(self, z, context=None):
         s = self.params(z, context)
-        return z * torch.exp(-s), -s.sum(-1).expand(z.shape[0])
+        return z * torch.exp(-s), -s.sum(-1).expand(z.shape[:-1])
 
 
 class SylvesterFlow(FlowStep):
@@ -358,7 +369,7 @@ class IAFStep(nn.Module):
         return self.out(F.relu(pre)).chunk(2, dim=-1)
 
     def forward(self, z, context=None):
-        check_context(context, self.context_dim, z.shape[0])
+        check_context(context, self.context_dim, z)
         m, s = self.made(z, context)
         gate = torch.sigmoid(s)
         return gate * z + torch.sigmoid(-s) * m, F.logsigmoid(s).sum(-1)
@@ -366,7 +377,7 @@ class IAFStep(nn.Module):
     def inverse(self, z, context=None):
         """x with forward(x) = z: D passes, pass k solving for the variable of place k, which m and s
         at that place do not depend on; the variables after it stay 0 until their pass."""
-        check_context(context, self.context_dim, z.shape[0])
+        check_context(context, self.context_dim, z)
         x = torch.zeros_like(z)
         for place in range(1, self.dim + 1):
             m, s = self.made(x, context)
@@ -387,14 +398,14 @@ class FlowSequence(nn.Module):
         self.context_dim, self.amortized = context_dim, context_dim is not None and len(steps) > 0
 
     def forward(self, z, context=None):
-        log_det = z.new_zeros(z.shape[0])
+        log_det = z.new_zeros(z.shape[:-1])
         for step in self.steps:
             z, step_log_det = step(z, context)
             log_det = log_det + step_log_det
         return z, log_det
 
     def inverse(self, z, context=None):
-        log_det = z.new_zeros(z.shape[0])
+        log_det = z.new_zeros(z.shape[:-1])
         for step in reversed(self.steps):
             z, step_log_det = step.inverse(z, context)
             log_det = log_det + step_log_det

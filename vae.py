@@ -178,12 +178,10 @@ def iw_log_likelihood(model, x, n_samples):
     for start in range(0, n_samples, chunk):
         k = min(chunk, n_samples - start)
         eps = torch.randn(k, batch, dim, device=x.device, dtype=mean.dtype)
-        z0 = sample_q0(mean, log_var, eps).reshape(k * batch, dim)      # (k*B, D)
-        ctx = None if context is None else context.expand(k, *context.shape).reshape(k * batch, -1)
-        z_k, log_det = model.flow(z0, ctx)
-        decoded = model.decode(z_k).view(k, batch, *x.shape[1:])        # (k, B, C, H, W)
+        # (k, B, D); an amortized flow computes each example's parameters once for its k samples
+        z_k, log_det = model.flow(sample_q0(mean, log_var, eps), context)
+        decoded = model.decode(z_k.reshape(k * batch, dim)).view(k, batch, *x.shape[1:])   # (k, B, C, H, W)
         log_px = model.log_likelihood(x, decoded)                       # (k, B)
         log_q0 = -0.5 * (LOG_2PI + log_var + eps ** 2).sum(-1)          # (k, B)
-        log_pz = log_standard_normal(z_k).view(k, batch)
-        log_w.append(log_px + log_pz - log_q0 + log_det.view(k, batch))
+        log_w.append(log_px + log_standard_normal(z_k) - log_q0 + log_det)
     return torch.logsumexp(torch.cat(log_w), dim=0) - math.log(n_samples)

@@ -115,6 +115,29 @@ def test_inverse_round_trips(kind, dim, amortized):
     assert not torch.allclose(z_k, z)  # the flow did something
 
 
+@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('amortized', [False, True])
+def test_samples_share_their_examples_context(kind, amortized):
+    """z (S, B, D) with a context (B, C) is the same map as z (S*B, D) with the context repeated per sample:
+    sample s of example b uses example b's parameters (and inverts with them)."""
+    samples, batch, dim = 3, 4, 5
+    flow = perturb(build_flow(kind, dim, 3, CONTEXT_DIM if amortized else None), scale=PERTURB_SCALE.get(kind, 0.5))
+    z = torch.randn(samples, batch, dim)
+    context = torch.randn(batch, CONTEXT_DIM) if amortized else None
+    repeated = None if context is None else context.repeat(samples, 1)
+    z_k, log_det = flow(z, context)
+    assert z_k.shape == z.shape and log_det.shape == (samples, batch)
+    z_flat, log_det_flat = flow(z.reshape(-1, dim), repeated)
+    torch.testing.assert_close(z_k.reshape(-1, dim), z_flat)
+    torch.testing.assert_close(log_det.reshape(-1), log_det_flat)
+    if kind in ('householder', 'nice', 'iaf'):
+        z_back, log_det_inv = flow.inverse(z_k, context)
+        torch.testing.assert_close(z_back, z, atol=1e-6, rtol=0)
+        torch.testing.assert_close(log_det_inv, -log_det)
+    if amortized:   # examples differ: a context paired with the wrong example's samples gives another map
+        assert not torch.allclose(flow(z, context.roll(1, 0))[0], z_k)
+
+
 @pytest.mark.parametrize('kind', ['planar', 'radial'] + SYLVESTER_KINDS)
 def test_no_closed_form_inverse_says_so(kind):
     flow = build_flow(kind, 3, 2)
