@@ -18,6 +18,8 @@
 #            seed 0. A run folder that has a checkpoint is resumed, not restarted.
 #   lr_schedule  the check behind the cosine schedule: the plain VAE of mnist40_full, 20,000 iterations,
 #            constant and cosine learning rate, validation ELBO only
+#   clip2d   the amortized planar run of latent2 with seeds 0, 1, 2, each without and with --clip_grad 500;
+#            the test ELBO and exact log p(x), no IW
 #
 # Environment [default]: OUT [runs] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...}; at the end
 # benchmarks/collect_results.py copies each finished run's log and summary to results/SECTION/RUN/;
@@ -135,7 +137,14 @@ for section in "${sections[@]}"; do
           --latent_dim 40 --length 16 --max_iter 20000 --warmup 2000 --val_size 10000 --eval_every 1950 \
           --log_every 390 --sample_every 20000 --compile 1 --precision bf16 --lr_schedule "$schedule"
       done ;;
-    *) echo "unknown section $section: choose from latent2 seed2 mnist40 fashion mnist40_full lr_schedule" >&2
+    clip2d)
+      for seed in 0 1 2; do
+        for clip in 0 500; do
+          launch clip2d "mlp_amortized_planar_seed${seed}_clip$clip" dynamic_flow_vae.py "$TRAIN_DEVICE" 0 \
+            --latent_dim 2 --max_iter 10000 --length 16 --flow planar --seed "$seed" --clip_grad "$clip"
+        done
+      done ;;
+    *) echo "unknown section $section: choose from latent2 seed2 mnist40 fashion mnist40_full lr_schedule clip2d" >&2
        exit 2 ;;
   esac
 done
