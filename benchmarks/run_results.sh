@@ -139,10 +139,10 @@ for section in "${sections[@]}"; do
       done ;;
     clip2d)
       for seed in 0 1 2; do
-        for clip in 0 500; do
-          launch clip2d "mlp_amortized_planar_seed${seed}_clip$clip" dynamic_flow_vae.py "$TRAIN_DEVICE" 0 \
-            --latent_dim 2 --max_iter 10000 --length 16 --flow planar --seed "$seed" --clip_grad "$clip"
-        done
+        planar2d=(--latent_dim 2 --max_iter 10000 --length 16 --flow planar --seed "$seed")
+        launch clip2d "mlp_amortized_planar_seed$seed" dynamic_flow_vae.py "$TRAIN_DEVICE" 0 "${planar2d[@]}"
+        launch clip2d "mlp_amortized_planar-clip500_seed$seed" dynamic_flow_vae.py "$TRAIN_DEVICE" 0 "${planar2d[@]}" \
+          --clip_grad 500
       done ;;
     *) echo "unknown section $section: choose from latent2 seed2 mnist40 fashion mnist40_full lr_schedule clip2d" >&2
        exit 2 ;;
