@@ -7,7 +7,10 @@ max(4D, 64)). torch's thread count is left at its default unless --threads is gi
 before and after: on a small shared machine other processes' load changes these numbers a lot.
 
 Also times, in the same run, a naive Householder flow that builds the D x D reflection matrix
-(static) or the B x D x D matrices (amortized) and multiplies by them, against ours (vector form).
+(static) or the B x D x D matrices (amortized) and multiplies by them, against ours (vector form); and
+the forward pass of each amortized flow at D = 40 as the importance-weighted estimate runs it, K = IW_K
+samples of IW_BATCH examples, given z (K, B, D) and the context (B, C) (each example's parameters computed
+once) against z (K*B, D) and the context repeated per sample (computed K times).
 """
 import argparse
 import os
@@ -21,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from flows import FLOWS, build_flow  # noqa: E402
 
 BATCH, LENGTH, CONTEXT_DIM = 128, 16, 400
+IW_K, IW_BATCH = 500, 20
 
 
 def naive_householder(flow, z, context):
@@ -101,6 +105,17 @@ def main():
                                     forward_backward(naive_householder, flow, dim, amortized), args.repeats)
             mode = 'amortized' if amortized else 'static'
             print(f'{dim:>4}{mode:>11}{ours:>9.0f}{naive:>9.0f}{naive / ours:>11.1f}x', flush=True)
+
+    print(f'\nIW forward, amortized, d = 40, K = {IW_K} samples of {IW_BATCH} examples: the context per example '
+          f'(shared by its samples) vs per sample (repeated)')
+    print(f'{"flow":<22}{"shared":>9}{"repeated":>10}{"repeated/shared":>17}')
+    for kind in FLOWS:
+        flow = build_flow(kind, 40, LENGTH, CONTEXT_DIM)
+        z, context = torch.randn(IW_K, IW_BATCH, 40), torch.randn(IW_BATCH, CONTEXT_DIM)
+        with torch.no_grad():
+            shared, repeated = time_pair(lambda: flow(z, context),
+                                         lambda: flow(z.reshape(-1, 40), context.repeat(IW_K, 1)), args.repeats)
+        print(f'{kind:<22}{shared:>9.0f}{repeated:>10.0f}{repeated / shared:>16.1f}x', flush=True)
     print(f'\nload average at the end {os.getloadavg()[0]:.1f}')
 
 

@@ -3,11 +3,13 @@ largest ‖û‖ over the batch, to find what precedes a collapse of the ELBO.
 
     python benchmarks/planar_stability.py --out runs/planar_stability.jsonl [script flags ...]
     python benchmarks/planar_stability.py --summarize FILE.jsonl[.gz] ...
+    python benchmarks/planar_stability.py --saturation CKPT [--script static_flow_vae.py] [--data_dir DIR]
 
 By default it trains the 2-D amortized planar-16 run of `run_results.sh latent2` (dynamic_flow_vae.py
 --latent_dim 2 --length 16 --flow planar --max_iter 10000, seed 0) with the scripts' own training step, and
 writes one JSON line per iteration. û = u + (m(wᵀu) − wᵀu) w/‖w‖² grows without bound as ‖w‖ → 0, which
-is one candidate cause; a gradient spike from elsewhere is the other.
+is one candidate cause; a gradient spike from elsewhere is the other. --saturation reads a trained planar
+checkpoint and reports, on MNIST test images, how close its steps come to the invertibility bound 1 + wᵀû > 0.
 """
 import argparse
 import gzip
@@ -20,29 +22,41 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import config  # noqa: E402
+import datasets  # noqa: E402
 import static_flow_vae  # noqa: E402
 import train  # noqa: E402
+from bench_train import mnist_test_set  # noqa: E402
 from flows import PlanarFlow  # noqa: E402
+from utils import load_checkpoint  # noqa: E402
 
 DEFAULT = ['--latent_dim', '2', '--length', '16', '--flow', 'planar', '--max_iter', '10000', '--iw_samples', '0']
 
 
-def planar_norms(step, z, context):
-    """Smallest ‖w‖ and largest ‖û‖ over the batch for one planar step on input z (B, D)."""
-    theta = step.params(z, context)
-    u, w = theta[..., :step.dim], theta[..., step.dim:2 * step.dim]
-    wu, ww = (w * u).sum(-1, keepdim=True), (w * w).sum(-1, keepdim=True)
-    u_hat = u + (torch.nn.functional.softplus(wu) - 1 - wu) * w / ww.clamp_min(1e-12)
-    return ww.sqrt().min().item(), u_hat.norm(dim=-1).max().item()
+def planar_stats(step, z, context, log_det):
+    """For one planar step on input z (B, D) with output log-det (B,): over the batch, the smallest ‖w‖, the
+    largest ‖û‖, the smallest 1 + wᵀû (the floor of the step's det factor 1 + ûᵀψ), the smallest log-det and
+    the mean log-det."""
+    with torch.no_grad():
+        u_hat, w, _, one_plus_wu_hat = step.constrained(z, context)
+    return (w.norm(dim=-1).min().item(), u_hat.norm(dim=-1).max().item(), one_plus_wu_hat.min().item(),
+            log_det.min().item(), log_det.mean().item())
+
+
+# per-block extremes of the per-iteration statistics: (key, header, min or max, format); a log written before
+# a statistic was recorded lacks its column
+EXTREMES = [('min_w', 'min ‖w‖', min, '.4f'), ('max_u_hat', 'max ‖û‖', max, '.1f'),
+            ('min_one_plus_wu_hat', 'min 1 + wᵀû', min, '.1e'), ('min_log_det', 'min log-det', min, '.1f')]
 
 
 def summarize(path, block=1000, spike=10):
-    """Per block of iterations: mean and largest loss, median and largest gradient norm, smallest ‖w‖, largest
-    ‖û‖; then how many gradient spikes (over `spike` times the block's median) came with ‖û‖ > 50."""
+    """Per block of iterations: mean and largest loss, median and largest gradient norm, the EXTREMES; then how
+    many gradient spikes (over `spike` times the block's median) came with ‖û‖ > 50, and the largest ones."""
     with (gzip.open if path.endswith('.gz') else open)(path, 'rt') as f:
         rows = [json.loads(line) for line in f]
-    print(f'\n{path}\n| iterations | mean loss | max loss | median grad norm | max grad norm | min ‖w‖ | max ‖û‖ |')
-    print('|---|---:|---:|---:|---:|---:|---:|')
+    extremes = [e for e in EXTREMES if e[0] in rows[0]]
+    print(f'\n{path}\n| iterations | mean loss | max loss | median grad norm | max grad norm | '
+          + ' | '.join(e[1] for e in extremes) + ' |')
+    print('|---|' + '---:|' * (4 + len(extremes)))
     spikes = []
     for start in range(0, len(rows), block):
         b = rows[start:start + block]
@@ -50,20 +64,63 @@ def summarize(path, block=1000, spike=10):
         spikes += [r for r in b if r['grad_norm'] > spike * median]
         print(f"| {b[0]['iter']}–{b[-1]['iter']} | {statistics.mean(r['loss'] for r in b):.1f} | "
               f"{max(r['loss'] for r in b):.1f} | {median:.0f} | {max(r['grad_norm'] for r in b):.0f} | "
-              f"{min(r['min_w'] for r in b):.4f} | {max(r['max_u_hat'] for r in b):.1f} |")
+              + ' | '.join(f'{pick(r[key] for r in b):{fmt}}' for key, _, pick, fmt in extremes) + ' |')
     with_big_u = sum(r['max_u_hat'] > 50 for r in spikes)
     print(f'{len(spikes)} gradient spikes (> {spike}x the median of their block); {with_big_u} of them with ‖û‖ > 50; '
           f'{sum(r["max_u_hat"] > 50 for r in rows)} iterations in all with ‖û‖ > 50')
     top = sorted(rows, key=lambda r: -r['grad_norm'])[:10]
-    print('the 10 largest gradient norms (iteration: norm, min ‖w‖, max ‖û‖): ' + '; '.join(
-        f"{r['iter']}: {r['grad_norm']:.0f}, {r['min_w']:.4f}, {r['max_u_hat']:.0f}" for r in top))
+    print(f'the 10 largest gradient norms (iteration: norm, {", ".join(e[1] for e in extremes)}): ' + '; '.join(
+        f"{r['iter']}: {r['grad_norm']:.0f}, " + ', '.join(f'{r[key]:{fmt}}' for key, _, _, fmt in extremes)
+        for r in top))
+
+
+@torch.no_grad()
+def saturation(checkpoint, script, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
+    """Of a trained planar flow (an MNIST checkpoint of `script`) on the first n
+    test images, one z0 each: how many (image, step) pairs and images have 1 + wᵀû below each floor, per step
+    below the middle floor, and the smallest wᵀu. 1 + wᵀû = m(wᵀu) + 1 = softplus(wᵀu + log(e − 1)), whose
+    slope in wᵀu is about 1 + wᵀû itself there, so a step pushed to the bound gets almost no gradient back."""
+    state = load_checkpoint(checkpoint, script)
+    args = static_flow_vae.add_mlp_flags(config.base_parser('', latent_dim=2, max_iter=1)).parse_args([])
+    vars(args).update(state['config'])
+    if args.flow != 'planar' or args.dataset != 'mnist':
+        raise SystemExit(f'--saturation reads an MNIST planar checkpoint; {checkpoint} has --flow {args.flow} '
+                         f'--dataset {args.dataset}')
+    model = static_flow_vae.build_model(args, datasets.image_shape('mnist'))
+    model.load_state_dict(state['model'])
+    images, pre = mnist_test_set(data_dir, n)
+    torch.manual_seed(0)
+    mean, log_var, context = model.encode(pre(images, train=False)[0])
+    z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+    bound, wu = [], []
+    for step in model.flow.steps:
+        u_hat, w, _, one_plus_wu_hat = step.constrained(z, context)
+        u = step.params(z, context)[..., :step.dim]
+        bound.append(one_plus_wu_hat.expand(len(z)))
+        wu.append((w * u).sum(-1).expand(len(z)))
+        z = step(z, context)[0]
+    bound, wu = torch.stack(bound, 1), torch.stack(wu, 1)            # (n, K)
+    print(f'{checkpoint}: {len(z)} test images, {bound.shape[1]} steps, '
+          f'{"amortized" if args.amortized else "static"}')
+    for floor in floors:
+        print(f'1 + wᵀû < {floor:g}: {(bound < floor).float().mean():.2%} of (image, step) pairs, '
+              f'{(bound < floor).any(1).float().mean():.2%} of images')
+    print(f'per step, images with 1 + wᵀû < {floors[1]:g}: '
+          + ' '.join(f'{v:.1%}' for v in (bound < floors[1]).float().mean(0).tolist()))
+    print(f'smallest wᵀu {wu.min():.1f}; median {wu.median():.2f}')
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', help='JSONL file, one line per iteration')
     p.add_argument('--summarize', nargs='+', metavar='FILE', help='print the tables of finished files instead')
+    p.add_argument('--saturation', metavar='CKPT', help="report how near a trained planar flow's steps are to the bound")
+    p.add_argument('--script', default='dynamic_flow_vae.py', help="the --saturation checkpoint's script")
+    p.add_argument('--data_dir', default=datasets.default_data_dir(), help='MNIST for --saturation')
     known, rest = p.parse_known_args()
+    if known.saturation:
+        saturation(known.saturation, known.script, known.data_dir)
+        return
     if known.summarize:
         for path in known.summarize:
             summarize(path)
@@ -76,10 +133,10 @@ def main():
                       static_flow_vae.mlp_arch, static_flow_vae.check_mlp_args)
     model, optimizer = run.model, run.optimizer
     params = [q for q in model.parameters() if q.requires_grad]
-    norms = []
+    stats = []
     for step in model.flow.steps:
         if isinstance(step, PlanarFlow):
-            step.register_forward_hook(lambda mod, inputs, out: norms.append(planar_norms(mod, *inputs)))
+            step.register_forward_hook(lambda mod, inputs, out: stats.append(planar_stats(mod, *inputs, out[1])))
     grad_norm = []
 
     def mark(part):
@@ -88,12 +145,15 @@ def main():
 
     with open(known.out, 'w') as f:
         for it in range(1, args.max_iter + 1):
-            norms.clear()
+            stats.clear()
             grad_norm.clear()
             x, log_det_pre = run.pre(next(run.batches)[0], train=True)
             loss, applied = train.train_step(model, optimizer, params, x, log_det_pre, args, it, mark=mark)
-            f.write(json.dumps({'iter': it, 'loss': loss.item(), 'applied': applied, 'grad_norm': grad_norm[0],
-                                'min_w': min(n[0] for n in norms), 'max_u_hat': max(n[1] for n in norms)}) + '\n')
+            f.write(json.dumps({'iter': it, 'loss': loss.item(), 'applied': bool(applied), 'grad_norm': grad_norm[0],
+                                'min_w': min(s[0] for s in stats), 'max_u_hat': max(s[1] for s in stats),
+                                'min_one_plus_wu_hat': min(s[2] for s in stats),
+                                'min_log_det': min(s[3] for s in stats),
+                                'mean_log_det': sum(s[4] for s in stats)}) + '\n')
 
 
 if __name__ == '__main__':
