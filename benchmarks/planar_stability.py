@@ -100,8 +100,8 @@ def saturation(checkpoint, script, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
         wu.append((w * u).sum(-1).expand(len(z)))
         z = step(z, context)[0]
     bound, wu = torch.stack(bound, 1), torch.stack(wu, 1)            # (n, K)
-    print(f'{checkpoint}: {len(z)} test images, {bound.shape[1]} steps, '
-          f'{"amortized" if args.amortized else "static"}')
+    print(f'{checkpoint}: iteration {state["iter"]}, {"amortized" if args.amortized else "static"}, '
+          f'{bound.shape[1]} steps, {len(z)} test images')
     for floor in floors:
         print(f'1 + wᵀû < {floor:g}: {(bound < floor).float().mean():.2%} of (image, step) pairs, '
               f'{(bound < floor).any(1).float().mean():.2%} of images')
