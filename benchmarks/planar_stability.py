@@ -28,6 +28,7 @@ import train  # noqa: E402
 from bench_train import mnist_test_set  # noqa: E402
 from flows import PlanarFlow  # noqa: E402
 from utils import load_checkpoint  # noqa: E402
+from vae import sample_q0  # noqa: E402
 
 DEFAULT = ['--latent_dim', '2', '--length', '16', '--flow', 'planar', '--max_iter', '10000', '--iw_samples', '0']
 
@@ -81,8 +82,10 @@ def saturation(checkpoint, script, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
     below the middle floor, and the smallest wᵀu. 1 + wᵀû = m(wᵀu) + 1 = softplus(wᵀu + log(e − 1)), whose
     slope in wᵀu is about 1 + wᵀû itself there, so a step pushed to the bound gets almost no gradient back."""
     state = load_checkpoint(checkpoint, script)
-    args = static_flow_vae.add_mlp_flags(config.base_parser('', latent_dim=2, max_iter=1)).parse_args([])
-    vars(args).update(state['config'])
+    parser = static_flow_vae.add_mlp_flags(config.base_parser('', latent_dim=2, max_iter=1))
+    parser.set_defaults(amortized=False)   # as the scripts set it; the checkpoint's value replaces it
+    args = parser.parse_args([])
+    config.merge_config(args, state, (), checkpoint)
     if args.flow != 'planar' or args.dataset != 'mnist':
         raise SystemExit(f'--saturation reads an MNIST planar checkpoint; {checkpoint} has --flow {args.flow} '
                          f'--dataset {args.dataset}')
@@ -91,7 +94,7 @@ def saturation(checkpoint, script, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
     images, pre = mnist_test_set(data_dir, n)
     torch.manual_seed(0)
     mean, log_var, context = model.encode(pre(images, train=False)[0])
-    z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+    z = sample_q0(mean, log_var)
     bound, wu = [], []
     for step in model.flow.steps:
         u_hat, w, _, one_plus_wu_hat = step.constrained(z, context)
