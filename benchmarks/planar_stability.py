@@ -27,7 +27,7 @@ import static_flow_vae  # noqa: E402
 import train  # noqa: E402
 from bench_train import mnist_test_set  # noqa: E402
 from flows import PlanarFlow  # noqa: E402
-from utils import load_checkpoint  # noqa: E402
+from utils import UsageError, load_checkpoint  # noqa: E402
 from vae import sample_q0  # noqa: E402
 
 DEFAULT = ['--latent_dim', '2', '--length', '16', '--flow', 'planar', '--max_iter', '10000', '--iw_samples', '0']
@@ -81,7 +81,10 @@ def saturation(checkpoint, script, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
     test images, one z0 each: how many (image, step) pairs and images have 1 + wᵀû below each floor, per step
     below the middle floor, and the smallest wᵀu. 1 + wᵀû = m(wᵀu) + 1 = softplus(wᵀu + log(e − 1)), whose
     slope in wᵀu is about 1 + wᵀû itself there, so a step pushed to the bound gets almost no gradient back."""
-    state = load_checkpoint(checkpoint, script)
+    try:
+        state = load_checkpoint(checkpoint, script)
+    except UsageError as e:
+        raise SystemExit(f'error: {e}') from None
     parser = static_flow_vae.add_mlp_flags(config.base_parser('', latent_dim=2, max_iter=1))
     parser.set_defaults(amortized=False)   # as the scripts set it; the checkpoint's value replaces it
     args = parser.parse_args([])
