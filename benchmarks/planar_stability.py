@@ -100,7 +100,7 @@ def saturation(checkpoint, script, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
     z = sample_q0(mean, log_var)
     bound, wu = [], []
     for step in model.flow.steps:
-        u_hat, w, _, one_plus_wu_hat = step.constrained(z, context)
+        _, w, _, one_plus_wu_hat = step.constrained(z, context)
         u = step.params(z, context)[..., :step.dim]
         bound.append(one_plus_wu_hat.expand(len(z)))
         wu.append((w * u).sum(-1).expand(len(z)))
