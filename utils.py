@@ -65,7 +65,8 @@ def save_checkpoint(state, path):
 
 
 def load_checkpoint(path, script):
-    """Load with weights_only=True (nothing in the file can run code) and check it is ours."""
+    """Load with weights_only=True (nothing in the file can run code) and check it is ours, made by `script`
+    (any of the scripts if None)."""
     if not os.path.isfile(path):
         raise UsageError(f'checkpoint {path} does not exist: check the --resume path')
     try:
@@ -83,7 +84,7 @@ def load_checkpoint(path, script):
     needed = ('script', 'config', 'iter', 'model', 'optimizer')
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
         raise UsageError(f'{path} is not a flow-vae checkpoint (it lacks {needed}): pass a file from checkpoints/')
-    if ckpt['script'] != script:
+    if script is not None and ckpt['script'] != script:
         raise UsageError(f'{path} was made by {ckpt["script"]}, not {script}: resume it with that script')
     return ckpt
 

@@ -3,7 +3,7 @@ largest ‖û‖ over the batch, to find what precedes a collapse of the ELBO.
 
     python benchmarks/planar_stability.py --out runs/planar_stability.jsonl [script flags ...]
     python benchmarks/planar_stability.py --summarize FILE.jsonl[.gz] ...
-    python benchmarks/planar_stability.py --saturation CKPT [--script static_flow_vae.py] [--data_dir DIR]
+    python benchmarks/planar_stability.py --saturation CKPT [--data_dir DIR]
 
 By default it trains the 2-D amortized planar-16 run of `run_results.sh latent2` (dynamic_flow_vae.py
 --latent_dim 2 --length 16 --flow planar --max_iter 10000, seed 0) with the scripts' own training step, and
@@ -27,7 +27,7 @@ import static_flow_vae  # noqa: E402
 import train  # noqa: E402
 from bench_train import mnist_test_set  # noqa: E402
 from flows import PlanarFlow  # noqa: E402
-from utils import UsageError, load_checkpoint  # noqa: E402
+from trained import trained_model  # noqa: E402
 from vae import sample_q0  # noqa: E402
 
 DEFAULT = ['--latent_dim', '2', '--length', '16', '--flow', 'planar', '--max_iter', '10000', '--iw_samples', '0']
@@ -76,24 +76,15 @@ def summarize(path, block=1000, spike=10):
 
 
 @torch.no_grad()
-def saturation(checkpoint, script, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
-    """Of a trained planar flow (an MNIST checkpoint of `script`) on the first n
+def saturation(checkpoint, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
+    """Of a trained planar flow (an MNIST checkpoint of an MLP script) on the first n
     test images, one z0 each: how many (image, step) pairs and images have 1 + wᵀû below each floor, per step
     below the middle floor, and the smallest wᵀu. 1 + wᵀû = m(wᵀu) + 1 = softplus(wᵀu + log(e − 1)), whose
     slope in wᵀu is about 1 + wᵀû itself there, so a step pushed to the bound gets almost no gradient back."""
-    try:
-        state = load_checkpoint(checkpoint, script)
-    except UsageError as e:
-        raise SystemExit(f'error: {e}') from None
-    parser = static_flow_vae.add_mlp_flags(config.base_parser('', latent_dim=2, max_iter=1))
-    parser.set_defaults(amortized=False)   # as the scripts set it; the checkpoint's value replaces it
-    args = parser.parse_args([])
-    config.merge_config(args, state, (), checkpoint)
+    model, args, state = trained_model(checkpoint)
     if args.flow != 'planar' or args.dataset != 'mnist':
         raise SystemExit(f'--saturation reads an MNIST planar checkpoint; {checkpoint} has --flow {args.flow} '
                          f'--dataset {args.dataset}')
-    model = static_flow_vae.build_model(args, datasets.image_shape('mnist'))
-    model.load_state_dict(state['model'])
     images, pre = mnist_test_set(data_dir, n)
     torch.manual_seed(0)
     mean, log_var, context = model.encode(pre(images, train=False)[0])
@@ -121,11 +112,10 @@ def main():
     p.add_argument('--out', help='JSONL file, one line per iteration')
     p.add_argument('--summarize', nargs='+', metavar='FILE', help='print the tables of finished files instead')
     p.add_argument('--saturation', metavar='CKPT', help="report how near a trained planar flow's steps are to the bound")
-    p.add_argument('--script', default='dynamic_flow_vae.py', help="the --saturation checkpoint's script")
     p.add_argument('--data_dir', default=datasets.default_data_dir(), help='MNIST for --saturation')
     known, rest = p.parse_known_args()
     if known.saturation:
-        saturation(known.saturation, known.script, known.data_dir)
+        saturation(known.saturation, known.data_dir)
         return
     if known.summarize:
         for path in known.summarize:

@@ -1,0 +1,75 @@
+"""Where a trained MNIST model's test ELBO comes from: the reconstruction term and the KL term, the flow's
+share of the KL, and how many latent dimensions the encoder uses.
+
+    python benchmarks/elbo_terms.py CKPT [CKPT ...] [--data_dir DIR]
+
+On the 10,000 binarized MNIST test images, with the noise of the final test evaluation (so the ELBO column
+equals the run's reported test ELBO of that checkpoint), in nats per image:
+- reconstruction E log p(x|z_K);
+- KL = E[log q_K(z_K|x) - log p(z_K)] = E[log q0(z0|x) - sum_k log|det dz_k/dz_(k-1)| - log p(z_K)], the
+  closed-form KL(q0 || p) without a flow, as the ELBO uses it (vae.kl_term), so ELBO = reconstruction - KL;
+- log-det, E sum_k log|det|: what the flow subtracts from the KL of q0's own sample;
+- active units (Burda et al. 2015, section 5): the dimensions u whose Cov_x(E_q0[z0_u | x]) exceeds 0.01.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import datasets  # noqa: E402
+import evaluate  # noqa: E402
+from bench_train import mnist_test_set  # noqa: E402
+from trained import trained_model  # noqa: E402
+from vae import kl_term  # noqa: E402
+
+ACTIVE = 0.01   # Burda et al.'s threshold on the variance over x of the posterior mean
+
+
+def active_units(means, threshold=ACTIVE):
+    """How many columns of the posterior means (N, D) vary over the N images by more than `threshold`."""
+    return int((means.var(0) > threshold).sum())
+
+
+@torch.no_grad()
+def elbo_terms(model, pre, images, batch_size=evaluate.EVAL_BATCH):
+    """{'elbo', 'reconstruction', 'kl', 'log_det', 'active_units'} of `images`, the first four in nats per
+    image, each batch's noise seeded as evaluate.evaluate seeds the test ELBO's."""
+    sums, means = dict.fromkeys(('elbo', 'reconstruction', 'kl', 'log_det'), 0.0), []
+    with evaluate.eval_rng(images.device):
+        for start in range(0, images.shape[0], batch_size):
+            evaluate.seed_batch(0, start)
+            x, log_det_pre = pre(images[start:start + batch_size], train=False)
+            terms = model(x)
+            kl = kl_term(terms, model.has_flow, 'elbo')
+            sums['elbo'] += (terms.log_px - kl + log_det_pre).sum().item()
+            sums['reconstruction'] += terms.log_px.sum().item()
+            sums['kl'] += kl.sum().item()
+            sums['log_det'] += terms.log_det.sum().item()
+            means.append(model.encode(x)[0])
+    n = images.shape[0]
+    return {**{key: value / n for key, value in sums.items()}, 'active_units': active_units(torch.cat(means))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('checkpoints', nargs='+', metavar='CKPT', help='MNIST checkpoints of the MLP scripts')
+    parser.add_argument('--data_dir', default=datasets.default_data_dir(), help='where MNIST is')
+    opts = parser.parse_args()
+    images, pre = mnist_test_set(opts.data_dir)
+    print(f'{len(images)} MNIST test images; nats per image\n\n'
+          '| checkpoint | iteration | flow | ELBO | reconstruction | KL | log-det | active units |\n'
+          '|---|---:|---|---:|---:|---:|---:|---:|')
+    for path in opts.checkpoints:
+        model, args, state = trained_model(path)
+        if args.dataset != 'mnist':
+            raise SystemExit(f'error: {path} is a --dataset {args.dataset} checkpoint; this reads MNIST ones')
+        flow = f'{"amortized" if args.amortized else "static"} {args.flow}' if model.has_flow else 'none'
+        t = elbo_terms(model, pre, images)
+        print(f'| {path} | {state["iter"]} | {flow} | {t["elbo"]:.2f} | {t["reconstruction"]:.2f} | {t["kl"]:.2f} '
+              f'| {t["log_det"]:.2f} | {t["active_units"]}/{args.latent_dim} |')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,31 @@
+"""A trained MLP model from a checkpoint of static_flow_vae.py or dynamic_flow_vae.py, for the benchmarks that
+analyse one (planar_stability.py --saturation, elbo_terms.py)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import config  # noqa: E402
+import datasets  # noqa: E402
+import static_flow_vae  # noqa: E402
+from utils import UsageError, load_checkpoint  # noqa: E402
+
+MLP_SCRIPTS = ('static_flow_vae.py', 'dynamic_flow_vae.py')
+
+
+def trained_model(checkpoint):
+    """(model in eval mode, its flags, the checkpoint) of an MLP checkpoint; a file that is missing, unreadable or
+    of the conv script ends the program with one `error:` line."""
+    try:
+        state = load_checkpoint(checkpoint, script=None)
+        if state['script'] not in MLP_SCRIPTS:
+            raise UsageError(f'{checkpoint} was made by {state["script"]}; this reads checkpoints of '
+                             f'{" or ".join(MLP_SCRIPTS)}')
+        parser = static_flow_vae.add_mlp_flags(config.base_parser('', latent_dim=2, max_iter=1))
+        parser.set_defaults(amortized=False)   # as the scripts set it; the checkpoint's value replaces it
+        args = parser.parse_args([])
+        config.merge_config(args, state, (), checkpoint)
+    except UsageError as e:
+        raise SystemExit(f'error: {e}') from None
+    model = static_flow_vae.build_model(args, datasets.image_shape(args.dataset))
+    model.load_state_dict(state['model'])
+    return model.eval(), args, state

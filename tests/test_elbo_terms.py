@@ -1,0 +1,47 @@
+"""benchmarks/elbo_terms.py and trained.py: the test ELBO of a trained checkpoint split into its terms."""
+import glob
+import os
+import sys
+
+import pytest
+import torch
+
+from scripts import read_log, run_script
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import elbo_terms  # noqa: E402
+from bench_train import mnist_test_set  # noqa: E402
+from trained import trained_model  # noqa: E402
+
+FLAGS = ['--max_iter', '4', '--batch_size', '8', '--latent_dim', '3', '--length', '2', '--layer', '1',
+         '--hidden_dim', '16', '--iw_samples', '0', '--sample_every', '4', '--ckpt_every', '4']
+
+
+@pytest.mark.parametrize('script, flow', [('static_flow_vae.py', 'none'), ('dynamic_flow_vae.py', 'planar')])
+def test_terms_add_up_to_the_runs_reported_test_elbo(script, flow, data_root, tmp_path):
+    out = str(tmp_path)
+    assert run_script(script, [*FLAGS, '--flow', flow, '--data_dir', data_root, '--out_dir', out]) == 0
+    reported = read_log(out)[1][-1]['test_elbo']
+    (checkpoint,) = glob.glob(os.path.join(out, 'checkpoints', '*.pt'))
+    model, args, state = trained_model(checkpoint)
+    assert (args.flow, args.amortized, state['iter']) == (flow, script == 'dynamic_flow_vae.py', 4)
+
+    images, pre = mnist_test_set(data_root)
+    terms = elbo_terms.elbo_terms(model, pre, images)
+    assert terms['elbo'] == pytest.approx(reported, abs=1e-4)
+    assert terms['reconstruction'] - terms['kl'] == pytest.approx(terms['elbo'], abs=1e-4)
+    assert terms['kl'] > 0 and 0 <= terms['active_units'] <= 3
+    assert (terms['log_det'] == 0) == (flow == 'none')
+
+
+def test_active_units_count_the_columns_whose_variance_exceeds_the_threshold():
+    gen = torch.Generator().manual_seed(0)
+    std = torch.tensor([1.0, 0.2, 0.05, 0.0])   # variances 1, 0.04, 0.0025, 0: two above 0.01
+    means = torch.randn(20000, 4, generator=gen) * std + 3
+    assert elbo_terms.active_units(means) == 2
+    assert elbo_terms.active_units(means, threshold=0.001) == 3
+
+
+def test_a_missing_checkpoint_is_one_error_line(tmp_path):
+    with pytest.raises(SystemExit, match=r'^error: checkpoint .*missing\.pt does not exist'):
+        trained_model(str(tmp_path / 'missing.pt'))
