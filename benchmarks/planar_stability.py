@@ -82,9 +82,8 @@ def saturation(checkpoint, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
     below the middle floor, and the smallest wᵀu. 1 + wᵀû = m(wᵀu) + 1 = softplus(wᵀu + log(e − 1)), whose
     slope in wᵀu is about 1 + wᵀû itself there, so a step pushed to the bound gets almost no gradient back."""
     model, args, state = trained_model(checkpoint)
-    if args.flow != 'planar' or args.dataset != 'mnist':
-        raise SystemExit(f'--saturation reads an MNIST planar checkpoint; {checkpoint} has --flow {args.flow} '
-                         f'--dataset {args.dataset}')
+    if args.flow != 'planar':
+        raise SystemExit(f'error: --saturation reads a planar checkpoint; {checkpoint} has --flow {args.flow}')
     images, pre = mnist_test_set(data_dir, n)
     torch.manual_seed(0)
     mean, log_var, context = model.encode(pre(images, train=False)[0])

@@ -1,5 +1,5 @@
-"""A trained MLP model from a checkpoint of static_flow_vae.py or dynamic_flow_vae.py, for the benchmarks that
-analyse one (planar_stability.py --saturation, elbo_terms.py)."""
+"""A trained MLP model from an MNIST checkpoint of static_flow_vae.py or dynamic_flow_vae.py, for the benchmarks
+that analyse one (planar_stability.py --saturation, elbo_terms.py)."""
 import os
 import sys
 
@@ -13,8 +13,8 @@ MLP_SCRIPTS = ('static_flow_vae.py', 'dynamic_flow_vae.py')
 
 
 def trained_model(checkpoint):
-    """(model in eval mode, its flags, the checkpoint) of an MLP checkpoint; a file that is missing, unreadable or
-    of the conv script ends the program with one `error:` line."""
+    """(model in eval mode, its flags, the checkpoint) of an MNIST MLP checkpoint; a file that is missing,
+    unreadable, of the conv script or of another dataset ends the program with one `error:` line."""
     try:
         state = load_checkpoint(checkpoint, script=None)
         if state['script'] not in MLP_SCRIPTS:
@@ -24,8 +24,10 @@ def trained_model(checkpoint):
         parser.set_defaults(amortized=False)   # as the scripts set it; the checkpoint's value replaces it
         args = parser.parse_args([])
         config.merge_config(args, state, (), checkpoint)
+        if args.dataset != 'mnist':
+            raise UsageError(f'{checkpoint} is a --dataset {args.dataset} checkpoint; this reads MNIST ones')
     except UsageError as e:
         raise SystemExit(f'error: {e}') from None
-    model = static_flow_vae.build_model(args, datasets.image_shape(args.dataset))
+    model = static_flow_vae.build_model(args, datasets.image_shape('mnist'))
     model.load_state_dict(state['model'])
     return model.eval(), args, state
