@@ -9,9 +9,12 @@ equals the run's reported test ELBO of that checkpoint), in nats per image:
 - KL = E[log q_K(z_K|x) - log p(z_K)] = E[log q0(z0|x) - sum_k log|det dz_k/dz_(k-1)| - log p(z_K)], the
   closed-form KL(q0 || p) without a flow, as the ELBO uses it (vae.kl_term), so ELBO = reconstruction - KL;
 - log-det, E sum_k log|det|: what the flow subtracts from the KL of q0's own sample;
+- q0 entropy, E_x H[q0(z0|x)] = E_x sum_u (1 + log 2 pi + log sigma_u^2(x)) / 2: how broad the encoder's
+  Gaussian is before the flow (a flow whose log-det is negative narrows a broader q0);
 - active units (Burda et al. 2015, section 5): the dimensions u whose Cov_x(E_q0[z0_u | x]) exceeds 0.01.
 """
 import argparse
+import math
 import os
 import sys
 
@@ -27,6 +30,11 @@ from vae import elbo, kl_term  # noqa: E402
 ACTIVE = 0.01   # Burda et al.'s threshold on the variance over x of the posterior mean
 
 
+def gaussian_entropy(log_var):
+    """Entropy in nats of N(mean, diag(exp(log_var))): log_var (..., D) -> (...)."""
+    return 0.5 * (log_var + 1 + math.log(2 * math.pi)).sum(-1)
+
+
 def active_units(means, threshold=ACTIVE):
     """How many columns of the posterior means (N, D) vary over the N images by more than `threshold`."""
     return int((means.var(0) > threshold).sum())
@@ -34,9 +42,9 @@ def active_units(means, threshold=ACTIVE):
 
 @torch.no_grad()
 def elbo_terms(model, pre, images, batch_size=evaluate.EVAL_BATCH):
-    """{'elbo', 'reconstruction', 'kl', 'log_det', 'active_units'} of `images`, the first four in nats per
-    image, each batch's noise seeded as evaluate.evaluate seeds the test ELBO's."""
-    sums, means = dict.fromkeys(('elbo', 'reconstruction', 'kl', 'log_det'), 0.0), []
+    """{'elbo', 'reconstruction', 'kl', 'log_det', 'q0_entropy', 'active_units'} of `images`, all but the
+    last in nats per image, each batch's noise seeded as evaluate.evaluate seeds the test ELBO's."""
+    sums, means = dict.fromkeys(('elbo', 'reconstruction', 'kl', 'log_det', 'q0_entropy'), 0.0), []
     with evaluate.eval_rng(images.device):
         for start in range(0, images.shape[0], batch_size):
             evaluate.seed_batch(0, start)
@@ -47,7 +55,9 @@ def elbo_terms(model, pre, images, batch_size=evaluate.EVAL_BATCH):
             sums['reconstruction'] += terms.log_px.sum().item()
             sums['kl'] += kl.sum().item()
             sums['log_det'] += terms.log_det.sum().item()
-            means.append(model.encode(x)[0])
+            mean, log_var, _ = model.encode(x)
+            sums['q0_entropy'] += gaussian_entropy(log_var).sum().item()
+            means.append(mean)
     n = images.shape[0]
     return {**{key: value / n for key, value in sums.items()}, 'active_units': active_units(torch.cat(means))}
 
@@ -59,14 +69,14 @@ def main():
     opts = parser.parse_args()
     images, pre = mnist_test_set(opts.data_dir)
     print(f'{len(images)} MNIST test images; nats per image\n\n'
-          '| checkpoint | iteration | flow | ELBO | reconstruction | KL | log-det | active units |\n'
-          '|---|---:|---|---:|---:|---:|---:|---:|')
+          '| checkpoint | iteration | flow | ELBO | reconstruction | KL | log-det | q0 entropy | active units |\n'
+          '|---|---:|---|---:|---:|---:|---:|---:|---:|')
     for path in opts.checkpoints:
         model, args, state = trained_model(path)
         flow = f'{"amortized" if args.amortized else "static"} {args.flow}' if model.has_flow else 'none'
         t = elbo_terms(model, pre, images)
         print(f'| {path} | {state["iter"]} | {flow} | {t["elbo"]:.2f} | {t["reconstruction"]:.2f} | {t["kl"]:.2f} '
-              f'| {t["log_det"]:.2f} | {t["active_units"]}/{args.latent_dim} |')
+              f'| {t["log_det"]:.2f} | {t["q0_entropy"]:.2f} | {t["active_units"]}/{args.latent_dim} |')
 
 
 if __name__ == '__main__':

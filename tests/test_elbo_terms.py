@@ -1,5 +1,6 @@
 """benchmarks/elbo_terms.py and trained.py: the test ELBO of a trained checkpoint split into its terms."""
 import glob
+import math
 import os
 import sys
 
@@ -31,6 +32,8 @@ def test_terms_add_up_to_the_runs_reported_test_elbo(script, flow, data_root, tm
     assert terms['elbo'] == pytest.approx(reported, abs=1e-4)
     assert terms['reconstruction'] - terms['kl'] == pytest.approx(terms['elbo'], abs=1e-4)
     assert terms['kl'] > 0 and 0 <= terms['active_units'] <= 3
+    mean, log_var, _ = model.encode(pre(images, train=False)[0])
+    assert terms['q0_entropy'] == pytest.approx(elbo_terms.gaussian_entropy(log_var).mean().item(), abs=1e-4)
     assert (terms['log_det'] == 0) == (flow == 'none')
 
 
@@ -40,6 +43,13 @@ def test_active_units_count_the_columns_whose_variance_exceeds_the_threshold():
     means = torch.randn(20000, 4, generator=gen) * std + 3
     assert elbo_terms.active_units(means) == 2
     assert elbo_terms.active_units(means, threshold=0.001) == 3
+
+
+def test_gaussian_entropy_is_torchs_for_a_diagonal_gaussian():
+    log_var = torch.tensor([[0.0, -2.0, 3.0], [1.5, 0.5, -7.0]])
+    expected = torch.distributions.Normal(torch.zeros(2, 3), (0.5 * log_var).exp()).entropy().sum(-1)
+    assert torch.allclose(elbo_terms.gaussian_entropy(log_var), expected)
+    assert elbo_terms.gaussian_entropy(torch.zeros(1, 40)).item() == pytest.approx(20 * (1 + math.log(2 * math.pi)))
 
 
 def test_a_missing_checkpoint_is_one_error_line(tmp_path):
