@@ -14,7 +14,6 @@ equals the run's reported test ELBO of that checkpoint), in nats per image:
 - active units (Burda et al. 2015, section 5): the dimensions u whose Cov_x(E_q0[z0_u | x]) exceeds 0.01.
 """
 import argparse
-import math
 import os
 import sys
 
@@ -25,14 +24,14 @@ import datasets  # noqa: E402
 import evaluate  # noqa: E402
 from bench_train import mnist_test_set  # noqa: E402
 from trained import trained_model  # noqa: E402
-from vae import elbo, kl_term  # noqa: E402
+from vae import LOG_2PI, elbo, kl_term  # noqa: E402
 
 ACTIVE = 0.01   # Burda et al.'s threshold on the variance over x of the posterior mean
 
 
 def gaussian_entropy(log_var):
     """Entropy in nats of N(mean, diag(exp(log_var))): log_var (..., D) -> (...)."""
-    return 0.5 * (log_var + 1 + math.log(2 * math.pi)).sum(-1)
+    return 0.5 * (log_var + 1 + LOG_2PI).sum(-1)
 
 
 def active_units(means, threshold=ACTIVE):
