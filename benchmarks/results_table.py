@@ -7,7 +7,8 @@ run's log) and, from runs made since summaries exist, summary.json (flags, devic
 its log's last final record; runs of one model that differ only in seed are one row, mean ± standard deviation.
 Test-set numbers, in nats for binary data and bits/dim for 8-bit data; with a validation set they are those of
 the best checkpoint, whose iteration (and epoch) the table gives. `--curves` draws the validation ELBO against
-the epoch for the plain VAE and each amortized flow.
+the epoch for the plain VAE and each amortized flow (seed 0), and prints at how many evaluations each flow
+is ahead of the plain VAE.
 """
 import argparse
 import glob
@@ -102,21 +103,43 @@ def epoch_length(summary):
     return (60000 - cfg.get('val_size', 0)) // cfg['batch_size']
 
 
+def seed0_curves(section):
+    """{flow: [(epoch, validation ELBO), ...]} of seed 0 of the plain VAE and of each amortized flow."""
+    found = {}
+    for flow in FLOW_ORDER:
+        name = 'mlp_static_none' if flow == 'none' else f'mlp_amortized_{flow}'
+        folders = glob.glob(os.path.join(section, f'{name}_seed0')) or glob.glob(os.path.join(section, name))
+        if folders:
+            records, summary = read_run(folders[0])
+            per_epoch = epoch_length(summary) or 1
+            found[flow] = [(r['iter'] / per_epoch, r['val_elbo']) for r in records if 'val_elbo' in r]
+    return found
+
+
+def curve_leads(found):
+    """For each flow of seed0_curves, against `none` at the epochs both evaluated: a line with how many
+    evaluations it is ahead, the last epoch at which it is behind, and its lead at the last shared epoch."""
+    none = dict(found.get('none', []))
+    lines = []
+    for flow, points in found.items():
+        shared = [(epoch, value - none[epoch]) for epoch, value in points if flow != 'none' and epoch in none]
+        if shared:
+            behind = [epoch for epoch, lead in shared if lead <= 0]
+            last = f'last behind at epoch {behind[-1]:.0f}' if behind else 'never behind'
+            lines.append(f'{flow}: ahead of none at {len(shared) - len(behind)} of {len(shared)} evaluations '
+                         f'({last}), lead {shared[-1][1]:+.2f} nats at epoch {shared[-1][0]:.0f}')
+    return lines
+
+
 def curves(section, path):
-    """Validation ELBO against epoch for the plain VAE and each amortized flow (seed 0)."""
+    """Validation ELBO against epoch for the plain VAE and each amortized flow (seed 0), and their leads."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout='constrained')
-    for flow in FLOW_ORDER:
-        name = 'mlp_static_none' if flow == 'none' else f'mlp_amortized_{flow}'
-        folders = glob.glob(os.path.join(section, f'{name}_seed0')) or glob.glob(os.path.join(section, name))
-        if not folders:
-            continue
-        records, summary = read_run(folders[0])
-        points = [r for r in records if 'val_elbo' in r]
-        per_epoch = epoch_length(summary) or 1
-        ax.plot([r['iter'] / per_epoch for r in points], [r['val_elbo'] for r in points], lw=1.2,
+    found = seed0_curves(section)
+    for flow, points in found.items():
+        ax.plot([epoch for epoch, _ in points], [value for _, value in points], lw=1.2,
                 label=f'{flow}' + (' (amortized)' if flow != 'none' else ''), color='k' if flow == 'none' else None)
     ax.set(xlabel='epoch', ylabel='validation ELBO (nats)', title=os.path.basename(section.rstrip('/')))
     tops = [line.get_ydata().max() for line in ax.get_lines()]
@@ -126,6 +149,7 @@ def curves(section, path):
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
     print(f'wrote {path}')
+    print('\n'.join(curve_leads(found)))
 
 
 if __name__ == '__main__':

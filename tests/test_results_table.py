@@ -62,3 +62,22 @@ def test_table_rows_are_last_finals_over_seeds(section, capsys):
     cells = dict(zip(header, (c.strip() for c in rows['none'].strip('|').split('|'))))
     assert cells['exact − IW'] == '2.00' and cells['K'] == '1000' and cells['it/s'] == '40'
     assert lines[2].split('|')[2].strip() == 'none'   # the plain VAE first
+
+
+def test_curve_leads_count_evaluations_ahead_of_none():
+    found = {'none': [(5.0, -100.0), (10.0, -95.0), (15.0, -93.0)],
+             'planar': [(5.0, -99.0), (10.0, -95.5), (15.0, -92.5)],   # ahead, behind, ahead
+             'radial': [(5.0, -99.0), (10.0, -94.0)]}                  # stopped early: two shared epochs
+    assert results_table.curve_leads(found) == [
+        'planar: ahead of none at 2 of 3 evaluations (last behind at epoch 10), lead +0.50 nats at epoch 15',
+        'radial: ahead of none at 2 of 2 evaluations (never behind), lead +1.00 nats at epoch 10']
+
+
+def test_seed0_curves_reads_validation_records_in_epochs(tmp_path):
+    summary = {'config': {'dataset': 'mnist', 'val_size': 10000, 'batch_size': 128}}   # 390 iterations an epoch
+    records = [{'iter': 390, 'loss': 1.0}, {'iter': 1950, 'val_elbo': -99.0}, {'iter': 3900, 'val_elbo': -98.0},
+               final(-97.0)]
+    write_run(tmp_path / 'runs' / 'mlp_static_none_seed0', records, summary)
+    write_run(tmp_path / 'runs' / 'mlp_amortized_planar_seed1', records, summary)   # not seed 0: left out
+    collect_results.collect(str(tmp_path / 'runs'), str(tmp_path / 'results'))
+    assert results_table.seed0_curves(str(tmp_path / 'results')) == {'none': [(5.0, -99.0), (10.0, -98.0)]}
