@@ -122,8 +122,8 @@ def curve_leads(found):
     none = dict(found.get('none', []))
     lines = []
     for flow, points in found.items():
-        shared = [(epoch, value - none[epoch]) for epoch, value in points if flow != 'none' and epoch in none]
-        if shared:
+        shared = [(epoch, value - none[epoch]) for epoch, value in points if epoch in none]
+        if flow != 'none' and shared:
             behind = [epoch for epoch, lead in shared if lead <= 0]
             last = f'last behind at epoch {behind[-1]:.0f}' if behind else 'never behind'
             lines.append(f'{flow}: ahead of none at {len(shared) - len(behind)} of {len(shared)} evaluations '
