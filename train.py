@@ -323,7 +323,8 @@ def finish(run):
     if state['best'] is not None:
         last = evaluate(model, pre, test_images)['test_elbo']
         if distributed.is_main():
-            model.load_state_dict(load_checkpoint(run.path('checkpoints', '_best.pt'), run.script)['model'])
+            best_path = run.path('checkpoints', '_best.pt')
+            model.load_state_dict(load_checkpoint(best_path, run.script, source='--out_dir')['model'])
         distributed.broadcast_state(model)
         best = {'best_iter': state['best']['iter'], 'best_val_elbo': state['best']['val_elbo'],
                 'last_test_elbo': last, 'stopped_early': state['stopped_early']}

@@ -64,11 +64,11 @@ def save_checkpoint(state, path):
     return True
 
 
-def load_checkpoint(path, script):
+def load_checkpoint(path, script, source='--resume'):
     """Load with weights_only=True (nothing in the file can run code) and check it is ours, made by `script`
-    (any of the scripts if None)."""
+    (any of the scripts if None); `source` names where the path came from, for the error message."""
     if not os.path.isfile(path):
-        raise UsageError(f'checkpoint {path} does not exist: check the --resume path')
+        raise UsageError(f'checkpoint {path} does not exist: check the {source} path')
     try:
         with warnings.catch_warnings():   # torch warns about the pickle protocol of foreign files: one line only
             warnings.simplefilter('ignore')

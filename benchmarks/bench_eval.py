@@ -37,7 +37,7 @@ def main():
 
     args = config(latent_dim=2)
     if opts.checkpoint:
-        state = load_checkpoint(opts.checkpoint, 'static_flow_vae.py')
+        state = load_checkpoint(opts.checkpoint, 'static_flow_vae.py', source='--checkpoint')
         args = config(**{k: v for k, v in state['config'].items() if k in vars(args)})
     torch.manual_seed(0)
     model = static_flow_vae.build_model(args, datasets.image_shape('mnist'))

@@ -16,7 +16,7 @@ def trained_model(checkpoint):
     """(model in eval mode, its flags, the checkpoint) of an MNIST MLP checkpoint; a file that is missing,
     unreadable, of the conv script or of another dataset ends the program with one `error:` line."""
     try:
-        state = load_checkpoint(checkpoint, script=None)
+        state = load_checkpoint(checkpoint, script=None, source='checkpoint')
         if state['script'] not in MLP_SCRIPTS:
             raise UsageError(f'{checkpoint} was made by {state["script"]}; this reads checkpoints of '
                              f'{" or ".join(MLP_SCRIPTS)}')

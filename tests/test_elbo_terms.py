@@ -53,5 +53,5 @@ def test_gaussian_entropy_is_torchs_for_a_diagonal_gaussian():
 
 
 def test_a_missing_checkpoint_is_one_error_line(tmp_path):
-    with pytest.raises(SystemExit, match=r'^error: checkpoint .*missing\.pt does not exist'):
+    with pytest.raises(SystemExit, match=r'^error: checkpoint .*missing\.pt does not exist: check the checkpoint path$'):
         trained_model(str(tmp_path / 'missing.pt'))
