@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
 import evaluate  # noqa: E402
 from bench_train import mnist_test_set  # noqa: E402
-from trained import trained_model  # noqa: E402
+from trained import flow_label, trained_model  # noqa: E402
 from vae import LOG_2PI, elbo, kl_term  # noqa: E402
 
 ACTIVE = 0.01   # Burda et al.'s threshold on the variance over x of the posterior mean
@@ -72,10 +72,9 @@ def main():
           '|---|---:|---|---:|---:|---:|---:|---:|---:|')
     for path in opts.checkpoints:
         model, args, state = trained_model(path)
-        flow = f'{"amortized" if args.amortized else "static"} {args.flow}' if model.has_flow else 'none'
         t = elbo_terms(model, pre, images)
-        print(f'| {path} | {state["iter"]} | {flow} | {t["elbo"]:.2f} | {t["reconstruction"]:.2f} | {t["kl"]:.2f} '
-              f'| {t["log_det"]:.2f} | {t["q0_entropy"]:.2f} | {t["active_units"]}/{args.latent_dim} |')
+        print(f'| {path} | {state["iter"]} | {flow_label(model, args)} | {t["elbo"]:.2f} | {t["reconstruction"]:.2f} '
+              f'| {t["kl"]:.2f} | {t["log_det"]:.2f} | {t["q0_entropy"]:.2f} | {t["active_units"]}/{args.latent_dim} |')
 
 
 if __name__ == '__main__':

@@ -1,5 +1,5 @@
 """A trained MLP model from an MNIST checkpoint of static_flow_vae.py or dynamic_flow_vae.py, for the benchmarks
-that analyse one (planar_stability.py --saturation, elbo_terms.py)."""
+that analyse one (planar_stability.py --saturation, elbo_terms.py, gap_spread.py)."""
 import os
 import sys
 
@@ -31,3 +31,8 @@ def trained_model(checkpoint):
     model = static_flow_vae.build_model(args, datasets.image_shape('mnist'))
     model.load_state_dict(state['model'])
     return model.eval(), args, state
+
+
+def flow_label(model, args):
+    """'none', or the flow's mode and kind as the tables name it: 'amortized planar', 'static nice', ..."""
+    return f'{"amortized" if args.amortized else "static"} {args.flow}' if model.has_flow else 'none'

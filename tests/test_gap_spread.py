@@ -1,0 +1,73 @@
+"""benchmarks/gap_spread.py: each 2-D test image's gap exact − ELBO, and how it spreads."""
+import glob
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+from scripts import read_log, run_script
+from test_elbo_terms import FLAGS
+from test_vae import LinearVAE, linear_gaussian, perturbed_flow
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import gap_spread  # noqa: E402
+from bench_train import mnist_test_set  # noqa: E402
+from trained import trained_model  # noqa: E402
+
+
+def test_each_images_gap_is_its_kl_to_the_posterior_linear_gaussian(float64):
+    """q0 = N(m(x), D) and a random Householder flow, a rotation, give q_K = N(H m(x), H D Hᵀ); in a
+    linear-Gaussian model p(z|x) = N(mu(x), S), so every image's exact − ELBO is a closed-form Gaussian KL."""
+    W, b, x, exact = linear_gaussian(seed=0, sigma=0.5, w_scale=1.0)
+    latent, sigma = W.shape[1], 0.5
+    S = torch.linalg.inv(torch.eye(latent) + W.T @ W / sigma ** 2)
+    flow = perturbed_flow('householder', latent, scale=0.5)
+    D = torch.tensor([0.5, 2.0]) * torch.diagonal(S)
+    model = LinearVAE(W, b, 'gaussian', flow, enc_A=S @ W.T / sigma ** 2, enc_c=-(S @ W.T @ b) / sigma ** 2 + 0.2,
+                      enc_log_var=D.log())
+    with torch.no_grad():
+        model.log_scale.fill_(math.log(sigma))
+        H = flow(torch.eye(latent))[0].T                        # z_K = H z0
+        q0_mean = model.encode(x)[0]
+    q_k = torch.distributions.MultivariateNormal(q0_mean @ H.T, H @ torch.diag(D) @ H.T)
+    posterior = torch.distributions.MultivariateNormal(((x.flatten(1) - b) @ W @ S.T) / sigma ** 2, S)
+    kl = torch.distributions.kl_divergence(q_k, posterior)
+    assert kl.min() > 0.1 and kl.max() - kl.min() > 0.1     # a gap that differs from image to image
+
+    identity = lambda images, train: (images, torch.zeros(len(images)))   # noqa: E731
+    log_px, elbos, errors = gap_spread.per_image(model, identity, x, samples=20_000)
+    torch.testing.assert_close(log_px, exact, atol=1e-3, rtol=0)   # the quadrature
+    assert ((log_px - elbos - kl).abs() < 4 * errors + 1e-3).all()
+
+
+def test_spread_of_known_gaps():
+    s = gap_spread.spread(torch.arange(1.0, 101.0))
+    assert s['mean'] == pytest.approx(50.5) and s['q50'] == pytest.approx(50.5) and s['max'] == 100
+    assert s['q10'] == pytest.approx(10.9) and s['q90'] == pytest.approx(90.1) and s['q99'] == pytest.approx(99.01)
+    assert s['top1'] == pytest.approx(100 / 5050) and s['top10'] == pytest.approx(sum(range(91, 101)) / 5050)
+
+
+def test_main_on_a_trained_2d_run(data_root, tmp_path, capsys, monkeypatch):
+    """The per-image values average to the run's own final evaluation: its exact log p(x) to float precision,
+    its one-draw ELBO up to that draw's noise."""
+    out = str(tmp_path)
+    flags = [*FLAGS, '--latent_dim', '2', '--flow', 'planar', '--data_dir', data_root, '--out_dir', out]
+    assert run_script('static_flow_vae.py', flags) == 0
+    final = read_log(out)[1][-1]
+    (checkpoint,) = glob.glob(os.path.join(out, 'checkpoints', '*.pt'))
+    model, _, _ = trained_model(checkpoint)
+    images, pre = mnist_test_set(data_root)
+    log_px, elbos, errors = gap_spread.per_image(model, pre, images, samples=400)
+    assert log_px.mean().item() == pytest.approx(final['test_log_px_exact'], abs=1e-4)
+    one_draw_std = (errors.pow(2) * 400).sum().sqrt().item() / len(images)
+    assert abs(elbos.mean().item() - final['test_elbo']) < 4 * one_draw_std + 1e-3
+
+    monkeypatch.setattr(sys, 'argv', ['gap_spread.py', checkpoint, '--samples', '50', '--data_dir', data_root])
+    gap_spread.main()
+    row = capsys.readouterr().out.strip().splitlines()[-1].split('|')
+    assert row[2].strip() == 'static planar'
+    mean, *quantiles, largest = (float(v) for v in row[3:9])
+    assert quantiles == sorted(quantiles) and quantiles[-1] <= largest
+    assert mean == pytest.approx((log_px - elbos).mean().item(), abs=0.5)
