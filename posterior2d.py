@@ -30,10 +30,14 @@ THRESHOLD = 30.0   # and tiles within this many nats of an image's peak are summ
 POSTERIOR_IMAGES = 6
 
 
+@torch.no_grad()
 def latent_dim(model, x):
-    """The latent dimension of `model`, from its encoder's output for one image."""
-    with torch.no_grad():
-        return model.encode(x[:1])[0].shape[-1]
+    """The latent dimension of `model`, from its encoder's output for one image, in eval mode (batch-norm
+    statistics untouched)."""
+    was_training = model.training
+    dim = model.eval().encode(x[:1])[0].shape[-1]
+    model.train(was_training)
+    return dim
 
 
 def grid_points(n, limit, device=None, dtype=torch.float32):
@@ -100,6 +104,9 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
     the kept tiles carries a fraction of the mass of order n² e^-threshold (below 1e-8 with the defaults)
     provided the posterior is not narrower than the subgrid's spacing (`refinement_check` tests that).
     """
+    dim = latent_dim(model, x)
+    if dim != 2:
+        raise ValueError(f'exact log p(x) by quadrature needs a 2-D latent space, got latent_dim={dim}')
     dtype = dtype or matmul_dtype(model)
     was_training = model.training
     model.eval()
@@ -165,9 +172,6 @@ def exact_log_px(model, pre, images, n=GRID, limit=LIMIT, batch_size=EVAL_BATCH,
     """log p(x) per image (N,) float64 of uint8 `images`, the preprocessing's log-det included (a density of
     y in [0, 1)^D for 8-bit data, as the ELBO of utils.evaluate). For models with a 2-D latent space."""
     x, log_det_pre = preprocess(pre, images, batch_size)
-    dim = latent_dim(model, x)
-    if dim != 2:
-        raise ValueError(f'exact log p(x) by quadrature needs a 2-D latent space, got latent_dim={dim}')
     return log_px_grid(model, x, n, limit, **kw) + log_det_pre.double()
 
 

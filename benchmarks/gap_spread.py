@@ -73,6 +73,9 @@ def main():
           '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for path in opts.checkpoints:
         model, args, _ = trained_model(path)
+        if args.latent_dim != 2:
+            raise SystemExit(f'error: {path} has --latent_dim {args.latent_dim}; exact log p(x) by quadrature '
+                             'needs a 2-D checkpoint (--latent_dim 2)')
         exact, elbos, errors = per_image(model, pre, images, opts.samples)
         s = spread(exact - elbos)
         print(f'| {path} | {flow_label(model, args)} | {s["mean"]:.2f} | {s["q10"]:.2f} | {s["q50"]:.2f} '

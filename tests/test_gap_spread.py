@@ -71,3 +71,13 @@ def test_main_on_a_trained_2d_run(data_root, tmp_path, capsys, monkeypatch):
     mean, *quantiles, largest = (float(v) for v in row[3:9])
     assert quantiles == sorted(quantiles) and quantiles[-1] <= largest
     assert mean == pytest.approx((log_px - elbos).mean().item(), abs=0.5)
+
+
+def test_a_checkpoint_that_is_not_2d_is_one_error_line(data_root, tmp_path, monkeypatch):
+    out = str(tmp_path)
+    assert run_script('static_flow_vae.py', [*FLAGS, '--data_dir', data_root, '--out_dir', out]) == 0   # latent 3
+    (checkpoint,) = glob.glob(os.path.join(out, 'checkpoints', '*.pt'))
+    monkeypatch.setattr(sys, 'argv', ['gap_spread.py', checkpoint, '--data_dir', data_root])
+    with pytest.raises(SystemExit, match=r'^error: .*\.pt has --latent_dim 3; exact log p\(x\) by quadrature needs '
+                                         r'a 2-D checkpoint \(--latent_dim 2\)$'):
+        gap_spread.main()

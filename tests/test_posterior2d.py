@@ -9,6 +9,7 @@ import torch
 
 import data_utils
 import posterior2d
+import static_flow_conv_vae
 import static_flow_vae
 from flows import build_flow
 from test_vae import LinearVAE, linear_gaussian, perturbed_flow
@@ -176,6 +177,19 @@ def test_posterior_figure_skips_other_latent_sizes(tmp_path):
     assert not path.exists()
     with pytest.raises(ValueError, match='2-D latent'):
         posterior2d.exact_log_px(tiny_mnist_model(3, 'planar'), data_utils.Preprocessor('mnist'), images)
+    with pytest.raises(ValueError, match='2-D latent space, got latent_dim=3'):
+        posterior2d.log_px_grid(tiny_mnist_model(3, 'planar'), torch.rand(4, 1, 28, 28))
+
+
+def test_latent_dim_leaves_batch_norm_and_the_mode_as_they_were():
+    args = SimpleNamespace(dataset='mnist', latent_dim=2, base_dim=2, scale=1, res_blocks=1, bottleneck=0,
+                           weight_norm=1, flow='none', length=0)
+    model = static_flow_conv_vae.build_model(args, (1, 28, 28)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert posterior2d.latent_dim(model, torch.rand(4, 1, 28, 28)) == 2
+    assert model.training
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
 
 
 @pytest.mark.parametrize('likelihood', ['bernoulli', 'gaussian'])
