@@ -12,6 +12,9 @@ import torch
 import datasets
 from datasets import check_name, is_binary
 
+TEST_BINARIZATION_SEED = 0   # the binarized MNIST test set is drawn once, the same for every run
+VAL_BINARIZATION_SEED = 1    # and so is the validation set (the last --val_size training images)
+
 
 # ---------------------------------------------------------------------------------------------------- preprocessing
 
@@ -176,6 +179,16 @@ class Batches:
         self.perm = d['perm'].clone().to(torch.int64).cpu()
         self.pos, self.epoch = int(d['pos']), int(d['epoch'])
         self._perm_dev = None
+
+
+def mnist_test_set(data_dir=None, n=None):
+    """The first n (default all) MNIST test images, the real ones under data_dir (else n random ones), binarized
+    once as train.setup does, and the preprocessor the final evaluation uses."""
+    if data_dir:
+        images = datasets.load_split('mnist', data_dir, train=False, log=lambda *_: None)[0][:n]
+    else:
+        images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
+    return static_binarize(images, TEST_BINARIZATION_SEED), Preprocessor('mnist')
 
 
 if __name__ == '__main__':

@@ -33,8 +33,6 @@ from utils import (Diverged, UsageError, device_name, load_checkpoint, log_json,
                    save_checkpoint, write_json)
 from vae import training_loss
 
-TEST_BINARIZATION_SEED = 0   # the binarized MNIST test set is drawn once, the same for every run
-VAL_BINARIZATION_SEED = 1    # and so is the validation set (the last --val_size training images)
 FUSED_ADAM_DEVICES = ('cpu', 'cuda')   # where torch has a fused Adam kernel: one kernel for all parameters
 # what a checkpoint keeps of the run besides the model: losses and evaluations, skipped steps, the best
 # validation ELBO so far (its iteration and the evaluations since), and whether the run stopped early
@@ -429,8 +427,8 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
     val_images = train_images[n_train:]
     train_images, train_labels = train_images[:n_train], train_labels[:n_train]
     if datasets.is_binary(args.dataset) and args.binarize != 'none':
-        test_images = data_utils.static_binarize(test_images, TEST_BINARIZATION_SEED)
-        val_images = data_utils.static_binarize(val_images, VAL_BINARIZATION_SEED)
+        test_images = data_utils.static_binarize(test_images, data_utils.TEST_BINARIZATION_SEED)
+        val_images = data_utils.static_binarize(val_images, data_utils.VAL_BINARIZATION_SEED)
         if args.binarize == 'static':
             train_images = data_utils.static_binarize(train_images, args.seed)
     if args.batch_size > len(train_images):

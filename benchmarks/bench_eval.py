@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
 import posterior2d  # noqa: E402
 import static_flow_vae  # noqa: E402
-from bench_train import config, mnist_test_set  # noqa: E402
+from bench_train import config  # noqa: E402
+from data_utils import mnist_test_set  # noqa: E402
 from evaluate import evaluate  # noqa: E402
 from utils import load_checkpoint  # noqa: E402
 

@@ -238,23 +238,13 @@ def adam_ms(args, build, repeats=300):
     return 1e3 * seconds_per_call(optimizer.step, repeats)
 
 
-def mnist_test_set(data_dir=None, n=None):
-    """The first n (default all) MNIST test images, the real ones under data_dir (else n random ones), binarized
-    once as train.setup does, and the preprocessor the final evaluation uses."""
-    if data_dir:
-        images = datasets.load_split('mnist', data_dir, train=False, log=lambda *_: None)[0][:n]
-    else:
-        images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
-    return data_utils.static_binarize(images, train.TEST_BINARIZATION_SEED), data_utils.Preprocessor('mnist')
-
-
 def iw_seconds(k, n, device, data_dir=None, batch_size=None):
     """Seconds evaluate.evaluate takes for the test ELBO and IW log-likelihood with K = k of n MNIST test
     images (the real ones under data_dir, else random ones) under the mnist40 model (MLP 2x400, latent 40,
     amortized planar-16), and the IW estimate; as the final test evaluation runs it."""
     cfg = config(latent_dim=40, flow='planar', amortized=True)
     model, _ = make(cfg, static_flow_vae.build_model, device=device)
-    images, pre = mnist_test_set(data_dir, n)
+    images, pre = data_utils.mnist_test_set(data_dir, n)
     images = images.to(device)
     kw = {'iw_batch': batch_size} if batch_size else {}
     evaluate.evaluate(model, pre, images[:min(n, 100)], iw_samples=k, **kw)   # warm-up

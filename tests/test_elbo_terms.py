@@ -1,4 +1,4 @@
-"""benchmarks/elbo_terms.py and trained.py: the test ELBO of a trained checkpoint split into its terms."""
+"""experiments/elbo_terms.py and trained.py: the test ELBO of a trained checkpoint split into its terms."""
 import glob
 import math
 import os
@@ -9,9 +9,9 @@ import torch
 
 from scripts import read_log, run_script
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments'))
 import elbo_terms  # noqa: E402
-from bench_train import mnist_test_set  # noqa: E402
+from data_utils import mnist_test_set  # noqa: E402
 from trained import trained_model  # noqa: E402
 
 FLAGS = ['--max_iter', '4', '--batch_size', '8', '--latent_dim', '3', '--length', '2', '--layer', '1',

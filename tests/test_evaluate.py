@@ -12,7 +12,6 @@ import data_utils
 import datasets
 import evaluate
 import static_flow_vae
-import train
 from flows import build_flow
 from scripts import read_log, run_script
 from vae import FlowVAE
@@ -82,7 +81,7 @@ def test_a_run_with_the_seed_objective_reports_the_true_elbo_of_its_checkpoint(d
     model.load_state_dict(ckpt['model'])
     model.eval()
     images, _ = datasets.load_split('mnist', data_root, train=False)
-    images = data_utils.static_binarize(images, train.TEST_BINARIZATION_SEED)
+    images = data_utils.static_binarize(images, data_utils.TEST_BINARIZATION_SEED)
     pre = data_utils.Preprocessor('mnist')
     assert len(images) <= evaluate.EVAL_BATCH                        # one batch, the noise of its start index 0
     with torch.no_grad(), evaluate.eval_rng(images.device):

@@ -1,4 +1,4 @@
-"""benchmarks/gap_spread.py: each 2-D test image's gap exact − ELBO, and how it spreads."""
+"""experiments/gap_spread.py: each 2-D test image's gap exact − ELBO, and how it spreads."""
 import glob
 import math
 import os
@@ -11,9 +11,9 @@ from scripts import read_log, run_script
 from test_elbo_terms import FLAGS
 from test_vae import LinearVAE, linear_gaussian, perturbed_flow
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments'))
 import gap_spread  # noqa: E402
-from bench_train import mnist_test_set  # noqa: E402
+from data_utils import mnist_test_set  # noqa: E402
 from trained import trained_model  # noqa: E402
 
 

@@ -1,11 +1,11 @@
-"""benchmarks/collect_results.py and results_table.py: the README's tables from committed run files."""
+"""experiments/collect_results.py and results_table.py: the README's tables from committed run files."""
 import json
 import os
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments'))
 import collect_results  # noqa: E402
 import results_table  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""A trained MLP model from an MNIST checkpoint of static_flow_vae.py or dynamic_flow_vae.py, for the benchmarks
+"""A trained MLP model from an MNIST checkpoint of static_flow_vae.py or dynamic_flow_vae.py, for the experiments
 that analyse one (planar_stability.py --saturation, elbo_terms.py, gap_spread.py)."""
 import os
 import sys

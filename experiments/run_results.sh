@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rerun the README's results from scratch on real data and print their tables.
 #
-#   bash benchmarks/run_results.sh [SECTION ...]     (default: latent2 seed2 mnist40 fashion)
+#   bash experiments/run_results.sh [SECTION ...]     (default: latent2 seed2 mnist40 fashion)
 #
 #   latent2  MNIST, --latent_dim 2, 10,000 iterations, flows of length 16, static and amortized; K = 1000
 #   seed2    the same static runs with --objective seed (the original repo's objective); K = 1000
@@ -16,13 +16,15 @@
 #            with K = 5000. Runs: none, amortized planar and amortized NICE with seeds 0, 1, 2, then the
 #            other amortized and static flows with seed 0, then the amortized Sylvester flows (M = D, H = 8)
 #            and IAF with seed 0. A run folder that has a checkpoint is resumed, not restarted.
+#   latent2_full  the mnist40_full protocol with --latent_dim 2: the plain VAE with seeds 0, 1, 2, then each
+#            flow amortized and static with seed 0; K = 5000, and the exact log p(x) of every run
 #   lr_schedule  the check behind the cosine schedule: the plain VAE of mnist40_full, 20,000 iterations,
 #            constant and cosine learning rate, validation ELBO only
 #   clip2d   the amortized planar run of latent2 with seeds 0, 1, 2, each without and with --clip_grad 500;
 #            the test ELBO and exact log p(x), no IW
 #
 # Environment [default]: OUT [runs] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...}; at the end
-# benchmarks/collect_results.py copies each finished run's log and summary to results/SECTION/RUN/;
+# experiments/collect_results.py copies each finished run's log and summary to results/SECTION/RUN/;
 # ITERS [5000, as in the README]; FLOWS [none planar radial householder nice] (fashion: none planar);
 # K_CONV [250]; RUNS [all] a regular expression: only the runs whose name it matches are launched;
 # JOBS [number of CPUs] runs at once, one CPU thread each;
@@ -133,6 +135,20 @@ for section in "${sections[@]}"; do
         launch mnist40_full "mlp_amortized_${flow}_seed0" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
           --flow "$flow" --seed 0
       done ;;
+    latent2_full)
+      full2=(--latent_dim 2 --layer 2 --hidden_dim 400 --length 16 --warmup 10000 --val_size 10000
+             --max_iter 390000 --lr_schedule cosine --eval_every 1950 --patience 10
+             --log_every 390 --ckpt_every 1950 --sample_every 39000 --compile 1 --precision bf16)
+      for seed in 0 1 2; do
+        launch latent2_full "mlp_static_none_seed$seed" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full2[@]}" \
+          --flow none --seed "$seed"
+      done
+      for flow in planar radial householder nice sylvester-orthogonal sylvester-householder sylvester-triangular iaf; do
+        launch latent2_full "mlp_amortized_${flow}_seed0" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full2[@]}" \
+          --flow "$flow" --seed 0
+        launch latent2_full "mlp_static_${flow}_seed0" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full2[@]}" \
+          --flow "$flow" --seed 0
+      done ;;
     lr_schedule)
       for schedule in none cosine; do
         launch lr_schedule "mlp_static_none_lr-${schedule/none/constant}" static_flow_vae.py "$TRAIN_DEVICE" 0 \
@@ -146,12 +162,12 @@ for section in "${sections[@]}"; do
         launch clip2d "mlp_amortized_planar-clip500_seed$seed" dynamic_flow_vae.py "$TRAIN_DEVICE" 0 "${planar2d[@]}" \
           --clip_grad 500
       done ;;
-    *) echo "unknown section $section: choose from latent2 seed2 mnist40 fashion mnist40_full lr_schedule clip2d" >&2
+    *) echo "unknown section $section: choose from latent2 seed2 mnist40 fashion mnist40_full latent2_full lr_schedule clip2d" >&2
        exit 2 ;;
   esac
 done
 wait
 for section in "${sections[@]}"; do
-  python benchmarks/collect_results.py "$OUT/$section" "results/$section"
-  python benchmarks/results_table.py "results/$section"
+  python experiments/collect_results.py "$OUT/$section" "results/$section"
+  python experiments/results_table.py "results/$section"
 done

@@ -1,6 +1,6 @@
 """The README's results tables, printed from the committed run files under results/SECTION/RUN/.
 
-    python benchmarks/results_table.py results/mnist40_full [--curves plots/mnist40_full_val_elbo.png]
+    python experiments/results_table.py results/mnist40_full [--curves plots/mnist40_full_val_elbo.png]
 
 RUN is MODEL_MODE_FLOW or MODEL_MODE_FLOW_seedN (e.g. mlp_amortized_planar_seed1); each holds log.jsonl (the
 run's log) and, from runs made since summaries exist, summary.json (flags, device, time). A run's numbers are

@@ -1,6 +1,6 @@
 """Copy the small files of finished runs into the committed results folder.
 
-    python benchmarks/collect_results.py RUNS/SECTION results/SECTION
+    python experiments/collect_results.py RUNS/SECTION results/SECTION
 
 For each run folder RUNS/SECTION/RUN whose log has a final record, its logs/<prefix>.jsonl becomes
 results/SECTION/RUN/log.jsonl and its logs/<prefix>_summary.json (flags, metrics, time, device)

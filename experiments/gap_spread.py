@@ -1,6 +1,6 @@
 """How a 2-D MNIST model's gap exact − ELBO spreads over the test images.
 
-    python benchmarks/gap_spread.py CKPT [CKPT ...] [--samples S] [--data_dir DIR]
+    python experiments/gap_spread.py CKPT [CKPT ...] [--samples S] [--data_dir DIR]
 
 The mean gap log p(x) − ELBO is the mean over images of KL(q_K(z|x) ‖ p(z|x)); the final evaluation reports only
 that mean. Here each of the 10,000 binarized MNIST test images gets its own: log p(x) by quadrature
@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
 import posterior2d  # noqa: E402
-from bench_train import mnist_test_set  # noqa: E402
+from data_utils import mnist_test_set  # noqa: E402
 from trained import flow_label, trained_model  # noqa: E402
 from vae import elbo  # noqa: E402
 

@@ -1,9 +1,9 @@
 """Watch a planar flow train: per iteration, the loss, the gradient norm, and per step the smallest ‖w‖ and the
 largest ‖û‖ over the batch, to find what precedes a collapse of the ELBO.
 
-    python benchmarks/planar_stability.py --out runs/planar_stability.jsonl [script flags ...]
-    python benchmarks/planar_stability.py --summarize FILE.jsonl[.gz] ...
-    python benchmarks/planar_stability.py --saturation CKPT [--data_dir DIR]
+    python experiments/planar_stability.py --out runs/planar_stability.jsonl [script flags ...]
+    python experiments/planar_stability.py --summarize FILE.jsonl[.gz] ...
+    python experiments/planar_stability.py --saturation CKPT [--data_dir DIR]
 
 By default it trains the 2-D amortized planar-16 run of `run_results.sh latent2` (dynamic_flow_vae.py
 --latent_dim 2 --length 16 --flow planar --max_iter 10000, seed 0) with the scripts' own training step, and
@@ -25,7 +25,7 @@ import config  # noqa: E402
 import datasets  # noqa: E402
 import static_flow_vae  # noqa: E402
 import train  # noqa: E402
-from bench_train import mnist_test_set  # noqa: E402
+from data_utils import mnist_test_set  # noqa: E402
 from flows import PlanarFlow  # noqa: E402
 from trained import trained_model  # noqa: E402
 from vae import sample_q0  # noqa: E402

@@ -1,7 +1,7 @@
 """Where a trained MNIST model's test ELBO comes from: the reconstruction term and the KL term, the flow's
 share of the KL, and how many latent dimensions the encoder uses.
 
-    python benchmarks/elbo_terms.py CKPT [CKPT ...] [--data_dir DIR]
+    python experiments/elbo_terms.py CKPT [CKPT ...] [--data_dir DIR]
 
 On the 10,000 binarized MNIST test images, with the noise of the final test evaluation (so the ELBO column
 equals the run's reported test ELBO of that checkpoint), in nats per image:
@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
 import evaluate  # noqa: E402
-from bench_train import mnist_test_set  # noqa: E402
+from data_utils import mnist_test_set  # noqa: E402
 from trained import flow_label, trained_model  # noqa: E402
 from vae import LOG_2PI, elbo, kl_term  # noqa: E402
 
