@@ -3,7 +3,10 @@
 Every step maps z (B, D) to (z', log_det) with log_det (B,) = log|det dz'/dz|, given an optional
 `context` (B, C). A static step holds its parameters as nn.Parameters and ignores any context it is
 given (the VAE passes its encoder context either way); an amortized step (`context_dim` set) computes
-them per example from the context with a linear layer and raises ValueError without a (B, C) context.
+them per example from the context with a linear layer, its context layer, and raises ValueError without a
+(B, C) context. A context layer is a network: it runs under the caller's autocast (bfloat16 with
+--precision bf16, as the encoder and decoder do) and its output is cast to z's dtype; everything a step
+computes from z, and so the log-det, runs in z's dtype with autocast off.
 z may also be (S, B, D), S samples per example, with the context still (B, C) and log_det (S, B): an
 amortized step then computes each example's parameters once for its S samples (the IW estimate does this).
 `build_flow(kind, dim, length, context_dim=None, ...)` chains `length` steps.
@@ -19,6 +22,11 @@ TINY = 1e-30   # floor on a determinant before its log, so log_det stays finite
 SOFTPLUS_ONE = math.log(math.e - 1)   # softplus(SOFTPLUS_ONE) = 1
 HOUSEHOLDERS = 8   # default reflections per Q of sylvester-householder (the most the Sylvester paper used)
 IAF_GATE_BIAS = 2.0   # initial bias of IAF's s, so that σ = sigmoid(s) starts near 1 (0.88)
+
+
+def full_precision(x):
+    """A region with autocast off on x's device: every op runs in the dtype of its inputs."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def reflect(x, v):
@@ -46,7 +54,11 @@ def check_context(context, context_dim, z):
 
 
 class FlowStep(nn.Module):
-    """Holds a step's parameters: P free values, or a linear map from the context (B, C) to (B, P)."""
+    """Holds a step's parameters: P free values, or a linear map from the context (B, C) to (B, P).
+
+    `forward` (and `inverse`) take the parameters from `params`, then apply the subclass's `transform`
+    (`inverse_transform`) to z with autocast off.
+    """
 
     def __init__(self, dim, context_dim, init):
         super().__init__()
@@ -62,11 +74,25 @@ class FlowStep(nn.Module):
                 self.to_theta.bias.copy_(init)
 
     def params(self, z, context):
-        """(P,) static or (B, P) amortized."""
+        """(P,) static or (B, P) amortized, in z's dtype (the context layer in the caller's precision)."""
         check_context(context, self.context_dim, z)
-        return self.theta if self.context_dim is None else self.to_theta(context)
+        return self.theta if self.context_dim is None else self.to_theta(context).to(z.dtype)
+
+    def forward(self, z, context=None):
+        theta = self.params(z, context)
+        with full_precision(z):
+            return self.transform(z, theta)
 
     def inverse(self, z, context=None):
+        theta = self.params(z, context)
+        with full_precision(z):
+            return self.inverse_transform(z, theta)
+
+    def transform(self, z, theta):
+        """(z', log_det) for z (B, D) and the step's parameters theta (P,) or (B, P)."""
+        raise NotImplementedError
+
+    def inverse_transform(self, z, theta):
         raise NotImplementedError(f'{type(self).__name__} has no closed-form inverse; only forward() exists '
                                   f'(householder, nice and iaf flows can be inverted)')
 
@@ -85,9 +111,8 @@ class PlanarFlow(FlowStep):
     def __init__(self, dim, context_dim=None):
         super().__init__(dim, context_dim, 0.1 * torch.randn(2 * dim + 1))
 
-    def constrained(self, z, context=None):
-        """û, w (D,) or (B, D), b and 1 + wᵀû > 0, () or (B,) each: the parameters the step applies to z."""
-        theta = self.params(z, context)
+    def constrained(self, theta):
+        """û, w (D,) or (B, D), b and 1 + wᵀû > 0, () or (B,) each, from the step's parameters theta."""
         u, w, b = theta[..., :self.dim], theta[..., self.dim:2 * self.dim], theta[..., -1]
         wu = (w * u).sum(-1, keepdim=True)                                 # (1,) or (B, 1)
         ww = (w * w).sum(-1, keepdim=True)
@@ -98,8 +123,8 @@ class PlanarFlow(FlowStep):
         q = ww / ww_safe
         return u_hat, w, b, (q * m_wu + (1 - q) * (1 + wu)).squeeze(-1)
 
-    def forward(self, z, context=None):
-        u_hat, w, b, one_plus_wu_hat = self.constrained(z, context)
+    def transform(self, z, theta):
+        u_hat, w, b, one_plus_wu_hat = self.constrained(theta)
         h = torch.tanh((z * w).sum(-1) + b)                                # (B,)
         # 1 + ûᵀψ = 1 + (1 − h²) wᵀû = h² + (1 − h²)(1 + wᵀû): a sum of two terms >= 0
         det = one_plus_wu_hat + h * h * (1 - one_plus_wu_hat)
@@ -118,8 +143,7 @@ class RadialFlow(FlowStep):
     def __init__(self, dim, context_dim=None):
         super().__init__(dim, context_dim, 0.1 * torch.randn(dim + 2))
 
-    def forward(self, z, context=None):
-        theta = self.params(z, context)
+    def transform(self, z, theta):
         z0, alpha_hat, beta_hat = theta[..., :self.dim], theta[..., -2], theta[..., -1]
         alpha = F.softplus(alpha_hat)                                      # () or (B,)
         s = F.softplus(beta_hat)                                           # α + β >= 0
@@ -142,12 +166,11 @@ class HouseholderFlow(FlowStep):
     def __init__(self, dim, context_dim=None):
         super().__init__(dim, context_dim, torch.randn(dim))
 
-    def forward(self, z, context=None):
-        z = reflect(z, self.params(z, context))
+    def transform(self, z, v):
+        z = reflect(z, v)
         return z, z.new_zeros(z.shape[:-1])
 
-    def inverse(self, z, context=None):
-        return self(z, context)
+    inverse_transform = transform   # a reflection is its own inverse
 
 
 class NiceFlow(nn.Module):
@@ -179,18 +202,18 @@ class NiceFlow(nn.Module):
         first, second = z[..., :self.half], z[..., self.half:]
         kept = first if self.parity == 0 else second
         if self.context_dim is not None:
-            kept = torch.cat([kept, context.expand(*kept.shape[:-1], -1)], dim=-1)
-        shift = self.shift(kept)
-        if sign < 0:
-            shift = -shift
+            kept = torch.cat([kept, context.to(z.dtype).expand(*kept.shape[:-1], -1)], dim=-1)
+        shift = sign * self.shift(kept)
         z = torch.cat([first, second + shift] if self.parity == 0 else [first + shift, second], dim=-1)
         return z, z.new_zeros(z.shape[:-1])
 
     def forward(self, z, context=None):
-        return self._couple(z, context, 1)
+        with full_precision(z):   # m, fed z_a, is part of the flow's arithmetic: in z's dtype
+            return self._couple(z, context, 1)
 
     def inverse(self, z, context=None):
-        return self._couple(z, context, -1)
+        with full_precision(z):
+            return self._couple(z, context, -1)
 
 
 class NiceScaling(FlowStep):
@@ -202,13 +225,11 @@ class NiceScaling(FlowStep):
     def __init__(self, dim, context_dim=None):
         super().__init__(dim, context_dim, torch.zeros(dim))
 
-    def forward(self, z, context=None):
-        s = self.params(z, context)
+    def transform(self, z, s):
         return z * torch.exp(s), s.sum(-1).expand(z.shape[:-1])
 
-    def inverse(self, z, context=None):
-        s = self.params(z, context)
-        return z * torch.exp(-s), -s.sum(-1).expand(z.shape[:-1])
+    def inverse_transform(self, z, s):
+        return self.transform(z, -s)
 
 
 class SylvesterFlow(FlowStep):
@@ -229,16 +250,21 @@ class SylvesterFlow(FlowStep):
         tri = m * (m + 1) // 2
         super().__init__(dim, context_dim, torch.cat([0.1 * torch.randn(2 * tri + m), q_init]))
         self.m, self.sizes = m, (tri, tri, m, q_init.numel())
-        rows, cols = torch.triu_indices(m, m)
+        rows, cols = torch.triu_indices(m, m)                              # the packed entries' places
         self.register_buffer('rows', rows, persistent=False)
         self.register_buffer('cols', cols, persistent=False)
+        self.register_buffer('diagonal', torch.nonzero(rows == cols).squeeze(-1), persistent=False)   # (M,)
+        # R's M² entries, row by row, taken from [0, the packed entries, tanh of their diagonal]
+        source = torch.zeros(m, m, dtype=torch.long)
+        source[rows, cols] = torch.arange(1, tri + 1)
+        source.diagonal().copy_(torch.arange(tri + 1, tri + m + 1))
+        self.register_buffer('source', source.flatten(), persistent=False)
 
     def upper(self, entries):
-        """(…, M(M+1)/2) -> (…, M, M) upper triangular with tanh on the diagonal."""
-        entries = torch.where(self.rows == self.cols, torch.tanh(entries), entries)
-        R = entries.new_zeros(*entries.shape[:-1], self.m, self.m)
-        R[..., self.rows, self.cols] = entries
-        return R
+        """(…, M(M+1)/2) -> (…, M, M) upper triangular with tanh on the diagonal, by one gather."""
+        diagonal = torch.tanh(entries.index_select(-1, self.diagonal))
+        padded = torch.cat([entries.new_zeros(*entries.shape[:-1], 1), entries, diagonal], dim=-1)
+        return padded.index_select(-1, self.source).unflatten(-1, (self.m, self.m))
 
     def basis(self, q):
         """Q (D, M), or (B, D, M) amortized, from its parameters q (P_Q,) or (B, P_Q)."""
@@ -252,9 +278,13 @@ class SylvesterFlow(FlowStep):
         """Q y: (B, M) -> (B, D)."""
         return vecmat(y, Q.mT)
 
-    def forward(self, z, context=None):
-        r, r_tilde, b, q = self.params(z, context).split(self.sizes, dim=-1)
-        R, R_tilde, Q = self.upper(r), self.upper(r_tilde), self.basis(q)
+    def matrices(self, theta):
+        """R, R̃ (M, M), b (M,) and Q from the step's parameters theta (P,); (B, ·) each when amortized."""
+        r, r_tilde, b, q = theta.split(self.sizes, dim=-1)
+        return self.upper(r), self.upper(r_tilde), b, self.basis(q)
+
+    def transform(self, z, theta):
+        R, R_tilde, b, Q = self.matrices(theta)
         h = torch.tanh(vecmat(self.project(z, Q), R_tilde.mT) + b)           # (B, M)
         diag = R.diagonal(dim1=-2, dim2=-1) * R_tilde.diagonal(dim1=-2, dim2=-1)   # R_ii R̃_ii in [−1, 1]
         det = (1 + diag) * (1 - h * h) + h * h                               # 1 + R_ii R̃_ii h', >= 0
@@ -361,28 +391,39 @@ class IAFStep(nn.Module):
             self.out.bias.zero_()
             self.out.bias[dim:] = IAF_GATE_BIAS
 
-    def made(self, z, context):
-        """(m, s), (B, D) each."""
+    def context_shift(self, z, context):
+        """The context layer's term of the hidden pre-activation, (B, hidden_dim) in z's dtype (the layer
+        in the caller's precision); None for a static step."""
+        check_context(context, self.context_dim, z)
+        return None if self.context is None else self.context(context).to(z.dtype)
+
+    def made(self, z, shift):
+        """(m, s), (B, D) each, given the context's term `shift` of the hidden pre-activation (or None)."""
         pre = self.hidden(z)
-        if self.context is not None:
-            pre = pre + self.context(context)
+        if shift is not None:
+            pre = pre + shift
         return self.out(F.relu(pre)).chunk(2, dim=-1)
 
+    def transform(self, z, shift):
+        """(z', log_det) for z (B, D), given the context's term `shift` of the hidden pre-activation."""
+        m, s = self.made(z, shift)
+        return torch.sigmoid(s) * z + torch.sigmoid(-s) * m, F.logsigmoid(s).sum(-1)
+
     def forward(self, z, context=None):
-        check_context(context, self.context_dim, z)
-        m, s = self.made(z, context)
-        gate = torch.sigmoid(s)
-        return gate * z + torch.sigmoid(-s) * m, F.logsigmoid(s).sum(-1)
+        shift = self.context_shift(z, context)
+        with full_precision(z):
+            return self.transform(z, shift)
 
     def inverse(self, z, context=None):
         """x with forward(x) = z: D passes, pass k solving for the variable of place k, which m and s
         at that place do not depend on; the variables after it stay 0 until their pass."""
-        check_context(context, self.context_dim, z)
-        x = torch.zeros_like(z)
-        for place in range(1, self.dim + 1):
-            m, s = self.made(x, context)
-            x = torch.where(self.order == place, (z - torch.sigmoid(-s) * m) * torch.exp(-F.logsigmoid(s)), x)
-        return x, -F.logsigmoid(s).sum(-1)
+        shift = self.context_shift(z, context)
+        with full_precision(z):
+            x = torch.zeros_like(z)
+            for place in range(1, self.dim + 1):
+                m, s = self.made(x, shift)
+                x = torch.where(self.order == place, (z - torch.sigmoid(-s) * m) * torch.exp(-F.logsigmoid(s)), x)
+            return x, -F.logsigmoid(s).sum(-1)
 
 
 class FlowSequence(nn.Module):

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flows import full_precision
+
 LOG_2PI = math.log(2 * math.pi)
 LIKELIHOODS = ('bernoulli', 'gaussian')
 OBJECTIVES = ('elbo', 'seed')
@@ -48,11 +50,6 @@ def sample_q0(mean, log_var, eps=None):
     if eps is None:
         eps = torch.randn_like(mean)
     return mean + torch.exp(0.5 * log_var) * eps
-
-
-def full_precision(x):
-    """A region with autocast off on x's device: every op runs in the dtype of its inputs."""
-    return torch.autocast(x.device.type, enabled=False)
 
 
 class ElboTerms(NamedTuple):
@@ -111,14 +108,14 @@ class FlowVAE(nn.Module):
     def forward(self, x, eps=None):
         """ElboTerms for x (B, C, H, W) with z0 = mean + std * eps, eps ~ N(0, I) unless given.
 
-        Under torch.autocast (training with --precision bf16) only the networks `encode` and `decode` run
-        in low precision: their outputs are cast back to x's dtype, in which z0, the flow and every term
-        are computed.
+        Under torch.autocast (training with --precision bf16) only the networks run in low precision: the
+        encoder, the decoder and an amortized flow's context layers. Their outputs are cast back to x's
+        dtype, in which z0, the flow's arithmetic (flows.py) and every term are computed.
         """
         mean, log_var, context = (None if t is None else t.to(x.dtype) for t in self.encode(x))
         with full_precision(x):
             z0 = sample_q0(mean, log_var, eps)                        # (B, D)
-            z_k, log_det = self.flow(z0, context)
+        z_k, log_det = self.flow(z0, context)
         decoded = self.decode(z_k).to(x.dtype)
         with full_precision(x):
             return ElboTerms(

@@ -38,7 +38,7 @@ def planar_stats(step, z, context, log_det):
     largest ‖û‖, the smallest 1 + wᵀû (the floor of the step's det factor 1 + ûᵀψ), the smallest log-det and
     the mean log-det."""
     with torch.no_grad():
-        u_hat, w, _, one_plus_wu_hat = step.constrained(z, context)
+        u_hat, w, _, one_plus_wu_hat = step.constrained(step.params(z, context))
     return (w.norm(dim=-1).min().item(), u_hat.norm(dim=-1).max().item(), one_plus_wu_hat.min().item(),
             log_det.min().item(), log_det.mean().item())
 
@@ -90,8 +90,9 @@ def saturation(checkpoint, data_dir, n=2000, floors=(1e-2, 1e-4, 1e-8)):
     z = sample_q0(mean, log_var)
     bound, wu = [], []
     for step in model.flow.steps:
-        _, w, _, one_plus_wu_hat = step.constrained(z, context)
-        u = step.params(z, context)[..., :step.dim]
+        theta = step.params(z, context)
+        _, w, _, one_plus_wu_hat = step.constrained(theta)
+        u = theta[..., :step.dim]
         bound.append(one_plus_wu_hat.expand(len(z)))
         wu.append((w * u).sum(-1).expand(len(z)))
         z = step(z, context)[0]

@@ -481,7 +481,7 @@ def test_iaf_jacobian_is_triangular_in_the_steps_order(reverse, amortized):
     step = perturb(IAFStep(dim, CONTEXT_DIM if amortized else None, reverse=reverse), scale=0.2)
     z, context = inputs(dim, amortized, batch=3)
     order = torch.arange(dim).flip(0) if reverse else torch.arange(dim)
-    m, s = step.made(z, context)
+    m, s = step.made(z, step.context_shift(z, context))
     for i in range(3):
         J = jacobian(lambda x: step(x[None], None if context is None else context[i:i + 1])[0][0], z[i])
         J = J[order][:, order]                                         # rows, columns in the step's order

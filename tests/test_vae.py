@@ -225,9 +225,9 @@ def test_seed_objective_differs_with_a_flow_and_not_without():
 
 @pytest.mark.parametrize('amortized', [False, True])
 def test_under_bf16_autocast_only_the_networks_run_in_bfloat16(amortized, monkeypatch):
-    """--precision bf16 runs the training forward under torch.autocast(bfloat16): the decoder's output is
-    bfloat16, the flow runs with autocast off, and every term comes out float32 and close to the float32
-    model's (same eps)."""
+    """--precision bf16 runs the training forward under torch.autocast(bfloat16): the decoder's output and an
+    amortized flow's context layer are bfloat16, the flow's arithmetic runs on float32 with autocast off, and
+    every term comes out float32 and close to the float32 model's (same eps)."""
     import static_flow_vae   # a real MLP encoder and decoder, in float32 (this module's default is float64)
     args = SimpleNamespace(dataset='mnist', latent_dim=2, hidden_dim=32, layer=1, gate=0, flow='planar',
                            length=4, amortized=amortized)
@@ -235,23 +235,32 @@ def test_under_bf16_autocast_only_the_networks_run_in_bfloat16(amortized, monkey
     model = static_flow_vae.build_model(args, (1, 28, 28)).float()
     x = torch.rand(16, 1, 28, 28, dtype=torch.float32).round()
     eps = torch.randn(16, 2, dtype=torch.float32)
-    seen, decode, flow_forward = {}, model.decode, model.flow.forward
+    seen, decode, step = {}, model.decode, model.flow.steps[0]
+    transform, params = step.transform, step.params
 
     def spy_decode(z):
         seen['decoded'] = decode(z).dtype
         return decode(z)
 
-    def spy_flow(z0, context):
-        seen['flow'] = (z0.dtype, torch.is_autocast_enabled('cpu'))
-        return flow_forward(z0, context)
+    def spy_transform(z, theta):
+        seen['flow'] = (z.dtype, theta.dtype, torch.is_autocast_enabled('cpu'))
+        return transform(z, theta)
+
+    def spy_params(z, context):
+        if amortized:
+            seen['context layer'] = step.to_theta(context).dtype
+        return params(z, context)
 
     monkeypatch.setattr(model, 'decode', spy_decode)
-    monkeypatch.setattr(model.flow, 'forward', spy_flow)
+    monkeypatch.setattr(step, 'transform', spy_transform)
+    monkeypatch.setattr(step, 'params', spy_params)
     exact = model(x, eps)
-    assert seen == {'decoded': torch.float32, 'flow': (torch.float32, False)}
+    layer = {'context layer': torch.float32} if amortized else {}
+    assert seen == {'decoded': torch.float32, 'flow': (torch.float32, torch.float32, False), **layer}
     with torch.autocast('cpu', dtype=torch.bfloat16):
         low = model(x, eps)
-    assert seen == {'decoded': torch.bfloat16, 'flow': (torch.float32, False)}
+    layer = {'context layer': torch.bfloat16} if amortized else {}
+    assert seen == {'decoded': torch.bfloat16, 'flow': (torch.float32, torch.float32, False), **layer}
     for name, a, b in zip(ElboTerms._fields, exact, low):
         assert b.dtype == torch.float32, name
         torch.testing.assert_close(b, a, rtol=0.02, atol=0.05, msg=name)
