@@ -4,10 +4,12 @@ import argparse
 import inspect
 import math
 import os
+import signal
 
 import pytest
 import torch
 from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import data_utils
 import datasets
@@ -337,6 +339,55 @@ def test_a_cosine_run_ends_at_the_scheduled_learning_rate(data_root, tmp_path):
     ckpt = torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
     expected = train.learning_rate(6, argparse.Namespace(lr=1e-3, lr_schedule='cosine', max_iter=6))
     assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(expected) and expected < 1e-4
+
+
+def run_recording_lrs(argv, stop_at=None):
+    """(exit code, the learning rate of each optimizer step as Adam applies it) of static_flow_vae.py argv; with
+    `stop_at`, step number `stop_at` sends the process SIGINT."""
+    lrs = []
+
+    def hook(optimizer, args, kwargs):
+        (lr,) = {group['lr'] for group in optimizer.param_groups}
+        lrs.append(lr)
+        if len(lrs) == stop_at:
+            signal.raise_signal(signal.SIGINT)
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        return run_script('static_flow_vae.py', argv), lrs
+    finally:
+        handle.remove()
+
+
+def without_timing(records):
+    """The log's records without its_per_s, and without the record of an interruption."""
+    return [{k: v for k, v in r.items() if k != 'its_per_s'} for r in records if 'interrupted' not in r]
+
+
+def test_every_step_takes_the_scheduled_learning_rate_also_across_a_resume(data_root, tmp_path):
+    """--lr_schedule cosine over 8 steps: step k steps with learning_rate(k), in one run and in a run stopped by
+    SIGINT after step 3 and resumed, which ends bit for bit as the straight one (parameters, Adam's state, every
+    logged number)."""
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--max_iter', '8', '--lr', '0.01',
+             '--lr_schedule', 'cosine', '--log_every', '1', '--eval_every', '4', '--ckpt_every', '4',
+             '--data_dir', data_root]
+    scheduled = [train.learning_rate(k, argparse.Namespace(lr=0.01, lr_schedule='cosine', max_iter=8))
+                 for k in range(1, 9)]
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    assert run_recording_lrs([*flags, '--out_dir', straight]) == (0, scheduled)
+    code, first = run_recording_lrs([*flags, '--out_dir', split], stop_at=3)
+    assert code == 128 + signal.SIGINT and first == scheduled[:3]
+    prefix, _ = read_log(split)
+    assert run_recording_lrs(['--resume', os.path.join(split, 'checkpoints', f'{prefix}.pt')]) == (0, scheduled[3:])
+
+    a, b = (without_timing(read_log(out)[1]) for out in (straight, split))
+    assert len(a) == 8 + 2 + 1 and b == a   # 8 losses, 2 evaluations, the final numbers
+    last = [torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
+            for out in (straight, split)]
+    for key, value in last[0]['model'].items():
+        assert torch.equal(last[1]['model'][key], value), key
+    for key, value in last[0]['optimizer']['state'].items():
+        for name, tensor in value.items():
+            assert torch.equal(last[1]['optimizer']['state'][key][name], tensor), (key, name)
 
 
 def test_warmup_weighs_the_kl_terms_of_each_step_by_beta_rising_to_1(data_root, tmp_path, monkeypatch):
