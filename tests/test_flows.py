@@ -525,3 +525,25 @@ def test_iaf_forward_then_inverse(dim, amortized):
     torch.testing.assert_close(z_back, z, atol=1e-8, rtol=0)
     torch.testing.assert_close(log_det_inv, -log_det)
     assert log_det.std() > 1e-3 if dim > 1 or amortized else log_det.abs().min() > 1e-3
+
+
+@pytest.mark.parametrize('dim', [2, 5])
+@pytest.mark.parametrize('reverse', [False, True])
+@pytest.mark.parametrize('amortized', [False, True])
+def test_iaf_made_connects_exactly_the_earlier_variables(dim, reverse, amortized):
+    """m_i and s_i depend on z_j for every j before i in the step's order and on no other: the union over
+    parameter draws and points of the non-zero entries of d(m, s)/dz is the strictly lower triangle in that
+    order, for m and for s alike, and a masked-out entry is exactly 0 in every draw."""
+    order = torch.arange(dim).flip(0) if reverse else torch.arange(dim)
+    earlier = torch.tril(torch.ones(dim, dim, dtype=torch.bool), diagonal=-1)   # rows, columns in the order
+    reached = torch.zeros(2, dim, dim, dtype=torch.bool)
+    for seed in range(4):
+        step = perturb(IAFStep(dim, CONTEXT_DIM if amortized else None, reverse=reverse), scale=0.5, seed=seed)
+        z, context = inputs(dim, amortized, batch=3, seed=seed)
+        for i in range(3):
+            ctx = None if context is None else context[i:i + 1]
+            J = torch.stack(jacobian(lambda x: step.made(x[None], ctx), z[i]))[:, 0]   # (m or s, D, D)
+            J = J[:, order][:, :, order]
+            assert (J[:, ~earlier] == 0).all()
+            reached |= J != 0
+    assert torch.equal(reached, earlier.expand(2, dim, dim))

@@ -7,12 +7,14 @@ import sys
 import pytest
 import torch
 
+from flows import build_flow
 from scripts import read_log, run_script
 from test_elbo_terms import FLAGS
 from test_vae import LinearVAE, linear_gaussian, perturbed_flow
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments'))
 import gap_spread  # noqa: E402
+import posterior2d  # noqa: E402
 from data_utils import mnist_test_set  # noqa: E402
 from trained import trained_model  # noqa: E402
 
@@ -71,6 +73,10 @@ def test_main_on_a_trained_2d_run(data_root, tmp_path, capsys, monkeypatch):
     mean, *quantiles, largest = (float(v) for v in row[3:9])
     assert quantiles == sorted(quantiles) and quantiles[-1] <= largest
     assert mean == pytest.approx((log_px - elbos).mean().item(), abs=0.5)
+    torch.manual_seed(0)   # main's draws: the model is built, then the images' ELBOs drawn, after this seed
+    model = trained_model(checkpoint)[0]
+    _, errors = gap_spread.elbo_per_image(model, posterior2d.preprocess(pre, images)[0], samples=50)
+    assert float(row[11]) == pytest.approx(errors.mean().item(), abs=0.005)   # the MC error column
 
 
 def test_a_checkpoint_that_is_not_2d_is_one_error_line(data_root, tmp_path, monkeypatch):
@@ -81,3 +87,25 @@ def test_a_checkpoint_that_is_not_2d_is_one_error_line(data_root, tmp_path, monk
     with pytest.raises(SystemExit, match=r'^error: .*\.pt has --latent_dim 3; exact log p\(x\) by quadrature needs '
                                          r'a 2-D checkpoint \(--latent_dim 2\)$'):
         gap_spread.main()
+
+
+def test_the_mc_error_is_the_standard_error_of_each_images_mean_elbo(float64):
+    """Without a flow, a linear-Gaussian model's one-draw ELBO is a quadratic in eps ~ N(0, I): with
+    z = m + s ⊙ eps and r = x − b − W m it is c + aᵀ eps + epsᵀ B eps, a = s ⊙ Wᵀ r / σ², B = −S Wᵀ W S / (2σ²),
+    S = diag(s), whose variance is |a|² + 2 tr(B²). The error reported per image is sqrt(that / S draws)."""
+    W, b, x, _ = linear_gaussian(seed=3, sigma=0.5, w_scale=1.0)
+    sigma, std = 0.5, torch.tensor([0.2, 0.5])
+    model = LinearVAE(W, b, 'gaussian', build_flow('none', 2, 0), enc_A=torch.randn(2, W.shape[0]),
+                      enc_log_var=2 * std.log())
+    with torch.no_grad():
+        model.log_scale.fill_(math.log(sigma))
+    mean = model.encode(x)[0]
+    a = std * ((x.flatten(1) - b - mean @ W.T) @ W) / sigma ** 2              # (N, 2)
+    B = -torch.diag(std) @ W.T @ W @ torch.diag(std) / (2 * sigma ** 2)
+    one_draw_std = (a.pow(2).sum(1) + 2 * torch.trace(B @ B)).sqrt()          # (N,)
+    assert one_draw_std.max() > 1.5 * one_draw_std.min()                      # it differs from image to image
+    torch.manual_seed(0)
+    samples = 40_000
+    _, errors = gap_spread.elbo_per_image(model, x, samples=samples, batch_size=3)
+    # the sample std of 40,000 draws: within 1% of the true one for seeds 0 to 9
+    torch.testing.assert_close(errors, one_draw_std / samples ** 0.5, rtol=0.03, atol=0)

@@ -207,3 +207,25 @@ def test_adaptive_sum_equals_the_full_sum(float64, likelihood):
     torch.testing.assert_close(adaptive, full, atol=1e-5, rtol=0)   # float32 products summed in another order
     # the tiles are worth keeping: with a threshold of 0 nats only the peak tiles (and neighbours) are summed
     assert (posterior2d.log_px_grid(model, x, n=200, coarse=40, threshold=0.0) - full).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('flow,scale', [('nice', 0.5), ('iaf', 0.2)])   # NICE's scaling and IAF: log|det| ≠ 0
+def test_the_figures_q_k_is_a_density_on_its_window(float64, flow, scale):
+    """The q_K(z|x) the figure contours, summed over its window x window grid times the cell area, is the
+    mass of q_K inside the window, which q_K's own samples put above 0.99: the inverse's log-det enters
+    with its sign."""
+    W, b, x = bernoulli_toy(n_images=3)
+    model = LinearVAE(W, b, 'bernoulli', perturbed_flow(flow, 2, scale=scale),
+                      enc_A=0.5 * torch.randn(2, 6), enc_log_var=torch.tensor([-1.0, 0.5]))
+    with torch.no_grad():
+        assert model.flow(torch.randn(100, 2))[1].abs().min() > 0.3
+    rows = posterior2d.posterior_panels(model, x, n=100, limit=6.0, window=200, samples=20_000, elbo_samples=10)
+    mean, log_var, _ = model.encode(x)
+    for i, row in enumerate(rows):
+        x0, x1, y0, y1 = row['box']
+        mass = row['qk'].sum().item() * (x1 - x0) * (y1 - y0) / 199 ** 2   # linspace: 199 cells per side
+        with torch.no_grad():
+            z = model.flow(mean[i] + torch.exp(0.5 * log_var[i]) * torch.randn(100_000, 2))[0]
+        inside = ((z[:, 0] > x0) & (z[:, 0] < x1) & (z[:, 1] > y0) & (z[:, 1] < y1)).double().mean().item()
+        assert inside > 0.99
+        assert mass == pytest.approx(inside, abs=0.005)

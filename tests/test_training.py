@@ -4,15 +4,17 @@ import argparse
 import inspect
 import math
 import os
-import shutil
+import signal
 
 import pytest
 import torch
 from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import data_utils
 import datasets
 import evaluate
+import static_flow_vae
 import train
 from devices import CUDA, DEVICES
 from scripts import read_log, run_script
@@ -259,37 +261,57 @@ def test_the_validation_split_is_the_last_images_and_the_test_set_waits_for_the_
     assert torch.equal(seen[0], seen[1])
 
 
-def test_patience_stops_the_run_and_the_best_checkpoint_is_evaluated(data_root, tmp_path, monkeypatch):
-    """Validation ELBOs that peak at the 2nd evaluation: with --patience 2 the run stops after the 4th, the
-    final test numbers are those of checkpoints/<prefix>_best.pt (iteration 2), and the last iterate's test
-    ELBO is logged beside them."""
-    calls = spy_on_evaluate(monkeypatch, val_elbos=[-10.0, -5.0, -7.0, -6.0, -1.0])
+def test_patience_counts_the_evaluations_since_the_last_improvement(data_root, tmp_path, monkeypatch):
+    """Validation ELBOs -10, -11, -5, -6, -7: the 3rd improves after a worse one, so with --patience 2 the run
+    stops after the 5th (two evaluations after the 3rd), not the 4th; a resumed run that stopped early stays
+    stopped."""
+    calls = spy_on_evaluate(monkeypatch, val_elbos=[-10.0, -11.0, -5.0, -6.0, -7.0, -1.0])
     out = str(tmp_path)
     assert run_script('static_flow_vae.py', [*VAL, '--max_iter', '20', '--eval_every', '1', '--patience', '2',
                                              '--data_dir', data_root, '--out_dir', out]) == 0
     prefix, records = read_log(out)
     final = records[-1]
-    assert [r['iter'] for r in records if 'val_elbo' in r] == [1, 2, 3, 4]
-    assert [split for split, _ in calls] == ['val'] * 4 + ['test'] * 2
-    assert final['iter'] == 4 and final['best_iter'] == 2 and final['best_val_elbo'] == -5.0
+    assert [r['iter'] for r in records if 'val_elbo' in r] == [1, 2, 3, 4, 5]
+    assert [split for split, _ in calls] == ['val'] * 5 + ['test'] * 2
+    assert final['iter'] == 5 and final['best_iter'] == 3 and final['best_val_elbo'] == -5.0
     assert final['stopped_early'] is True
     best = torch.load(os.path.join(out, 'checkpoints', f'{prefix}_best.pt'), weights_only=True)
     last = torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
-    assert best['iter'] == 2 and last['iter'] == 4 and last['stopped_early']
-    # the final numbers, recomputed from each checkpoint by --eval_only on a copy of the run
-    monkeypatch.undo()
-    for name, key in ((f'{prefix}_best.pt', 'test_elbo'), (f'{prefix}.pt', 'last_test_elbo')):
-        copy = tmp_path / f'copy_{key}'
-        shutil.copytree(out, copy)
-        if name != f'{prefix}_best.pt':   # make the last model the one --eval_only takes for the best
-            shutil.copyfile(copy / 'checkpoints' / name, copy / 'checkpoints' / f'{prefix}_best.pt')
-        assert run_script('static_flow_vae.py', ['--resume', str(copy / 'checkpoints' / f'{prefix}.pt'),
-                                                 '--eval_only', '--out_dir', str(copy)]) == 0
-        assert read_log(str(copy))[1][-1]['test_elbo'] == pytest.approx(final[key], abs=1e-9)
-    # a resumed run that stopped early stays stopped: it evaluates, it does not train
+    assert best['iter'] == 3 and last['iter'] == 5 and last['stopped_early']
+    monkeypatch.undo()   # a resumed run that stopped early stays stopped: it evaluates, it does not train
     assert run_script('static_flow_vae.py', ['--resume', os.path.join(out, 'checkpoints', f'{prefix}.pt'),
                                              '--max_iter', '30']) == 0
-    assert read_log(out)[1][-1]['iter'] == 4
+    assert read_log(out)[1][-1]['iter'] == 5
+
+
+def checkpoint_test_elbo(path, data_root):
+    """The test ELBO of an MNIST checkpoint of static_flow_vae.py, computed here: the model rebuilt from its
+    config and weights, evaluated on the test images binarized as train.setup does."""
+    ckpt = torch.load(path, weights_only=True)
+    model = static_flow_vae.build_model(argparse.Namespace(**ckpt['config']), datasets.image_shape('mnist'))
+    model.load_state_dict(ckpt['model'])
+    images, pre = data_utils.mnist_test_set(data_root)
+    return evaluate.evaluate(model, pre, images)['test_elbo']
+
+
+def test_the_final_numbers_are_the_best_checkpoints(data_root, tmp_path, monkeypatch):
+    """Validation ELBOs that peak at the 2nd of 3 evaluations (iterations 2, 4, 6): the final test_elbo is that
+    of checkpoints/<prefix>_best.pt (iteration 4) evaluated on its own, and last_test_elbo that of the last
+    iterate, checkpoints/<prefix>.pt; the two differ."""
+    spy_on_evaluate(monkeypatch, val_elbos=[-10.0, -5.0, -7.0])
+    out = str(tmp_path)
+    assert run_script('static_flow_vae.py', [*VAL, '--eval_every', '2', '--data_dir', data_root,
+                                             '--out_dir', out]) == 0
+    prefix, records = read_log(out)
+    final = records[-1]
+    assert final['iter'] == 6 and final['best_iter'] == 4 and final['stopped_early'] is False
+    monkeypatch.undo()
+    best = os.path.join(out, 'checkpoints', f'{prefix}_best.pt')
+    last = os.path.join(out, 'checkpoints', f'{prefix}.pt')
+    assert torch.load(best, weights_only=True)['iter'] == 4 and torch.load(last, weights_only=True)['iter'] == 6
+    assert final['test_elbo'] == pytest.approx(checkpoint_test_elbo(best, data_root), abs=1e-9)
+    assert final['last_test_elbo'] == pytest.approx(checkpoint_test_elbo(last, data_root), abs=1e-9)
+    assert abs(final['test_elbo'] - final['last_test_elbo']) > 1e-3
 
 
 def test_a_validation_set_as_large_as_the_training_split_is_refused(data_root, tmp_path, capsys):
@@ -317,6 +339,55 @@ def test_a_cosine_run_ends_at_the_scheduled_learning_rate(data_root, tmp_path):
     ckpt = torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
     expected = train.learning_rate(6, argparse.Namespace(lr=1e-3, lr_schedule='cosine', max_iter=6))
     assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(expected) and expected < 1e-4
+
+
+def run_recording_lrs(argv, stop_at=None):
+    """(exit code, the learning rate of each optimizer step as Adam applies it) of static_flow_vae.py argv; with
+    `stop_at`, step number `stop_at` sends the process SIGINT."""
+    lrs = []
+
+    def hook(optimizer, args, kwargs):
+        (lr,) = {group['lr'] for group in optimizer.param_groups}
+        lrs.append(lr)
+        if len(lrs) == stop_at:
+            signal.raise_signal(signal.SIGINT)
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        return run_script('static_flow_vae.py', argv), lrs
+    finally:
+        handle.remove()
+
+
+def without_timing(records):
+    """The log's records without its_per_s, and without the record of an interruption."""
+    return [{k: v for k, v in r.items() if k != 'its_per_s'} for r in records if 'interrupted' not in r]
+
+
+def test_every_step_takes_the_scheduled_learning_rate_also_across_a_resume(data_root, tmp_path):
+    """--lr_schedule cosine over 8 steps: step k steps with learning_rate(k), in one run and in a run stopped by
+    SIGINT after step 3 and resumed, which ends bit for bit as the straight one (parameters, Adam's state, every
+    logged number)."""
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--max_iter', '8', '--lr', '0.01',
+             '--lr_schedule', 'cosine', '--log_every', '1', '--eval_every', '4', '--ckpt_every', '4',
+             '--data_dir', data_root]
+    scheduled = [train.learning_rate(k, argparse.Namespace(lr=0.01, lr_schedule='cosine', max_iter=8))
+                 for k in range(1, 9)]
+    straight, split = str(tmp_path / 'straight'), str(tmp_path / 'split')
+    assert run_recording_lrs([*flags, '--out_dir', straight]) == (0, scheduled)
+    code, first = run_recording_lrs([*flags, '--out_dir', split], stop_at=3)
+    assert code == 128 + signal.SIGINT and first == scheduled[:3]
+    prefix, _ = read_log(split)
+    assert run_recording_lrs(['--resume', os.path.join(split, 'checkpoints', f'{prefix}.pt')]) == (0, scheduled[3:])
+
+    a, b = (without_timing(read_log(out)[1]) for out in (straight, split))
+    assert len(a) == 8 + 2 + 1 and b == a   # 8 losses, 2 evaluations, the final numbers
+    last = [torch.load(os.path.join(out, 'checkpoints', f'{prefix}.pt'), weights_only=True)
+            for out in (straight, split)]
+    for key, value in last[0]['model'].items():
+        assert torch.equal(last[1]['model'][key], value), key
+    for key, value in last[0]['optimizer']['state'].items():
+        for name, tensor in value.items():
+            assert torch.equal(last[1]['optimizer']['state'][key][name], tensor), (key, name)
 
 
 def test_warmup_weighs_the_kl_terms_of_each_step_by_beta_rising_to_1(data_root, tmp_path, monkeypatch):
