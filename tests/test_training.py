@@ -319,6 +319,22 @@ def test_a_cosine_run_ends_at_the_scheduled_learning_rate(data_root, tmp_path):
     assert ckpt['optimizer']['param_groups'][0]['lr'] == pytest.approx(expected) and expected < 1e-4
 
 
+def test_a_cosine_run_refuses_a_new_max_iter_on_resume(data_root, tmp_path, capsys):
+    """The cosine schedule is a function of --max_iter: a resumed run keeps it, or the learning rate would jump."""
+    out = str(tmp_path)
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--lr_schedule', 'cosine',
+             '--data_dir', data_root, '--out_dir', out]
+    assert run_script('static_flow_vae.py', flags) == 0
+    prefix, _ = read_log(out)
+    resume = os.path.join(out, 'checkpoints', f'{prefix}.pt')
+    capsys.readouterr()
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--max_iter', '9']) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert '--max_iter 9' in line and 'cosine' in line and 'keep --max_iter 6' in line
+    assert torch.load(resume, weights_only=True)['iter'] == 6
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--max_iter', '6']) == 0   # the same: accepted
+
+
 def test_warmup_weighs_the_kl_terms_of_each_step_by_beta_rising_to_1(data_root, tmp_path, monkeypatch):
     """--warmup 4: the training loss of steps 1 to 6 weighs the KL terms by 1/4, 1/2, 3/4, then 1."""
     assert [train.warmup_beta(it, 4) for it in range(1, 8)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
