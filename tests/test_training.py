@@ -292,6 +292,24 @@ def test_patience_stops_the_run_and_the_best_checkpoint_is_evaluated(data_root, 
     assert read_log(out)[1][-1]['iter'] == 4
 
 
+def test_a_run_resumed_into_a_new_out_dir_evaluates_its_best_checkpoint(data_root, tmp_path, monkeypatch):
+    """The best model (iteration 2) is in the first folder; resumed into a second one, no better model comes
+    after it, and the run ends with that best model's test numbers."""
+    first, second = str(tmp_path / 'first'), str(tmp_path / 'second')
+    flags = [*VAL, '--eval_every', '1', '--data_dir', data_root]
+    spy_on_evaluate(monkeypatch, val_elbos=[-5.0, -1.0])
+    assert run_script('static_flow_vae.py', [*flags, '--max_iter', '2', '--out_dir', first]) == 0
+    prefix, records = read_log(first)
+    monkeypatch.undo()
+    spy_on_evaluate(monkeypatch, val_elbos=[-3.0, -2.0])
+    assert run_script('static_flow_vae.py', ['--resume', os.path.join(first, 'checkpoints', f'{prefix}.pt'),
+                                             '--max_iter', '4', '--out_dir', second]) == 0
+    final = read_log(second)[1][-1]
+    assert final['iter'] == 4 and final['best_iter'] == 2 and final['test_elbo'] == records[-1]['test_elbo']
+    best = torch.load(os.path.join(second, 'checkpoints', f'{prefix}_best.pt'), weights_only=True)
+    assert best['iter'] == 2
+
+
 def test_a_validation_set_as_large_as_the_training_split_is_refused(data_root, tmp_path, capsys):
     assert run_script('static_flow_vae.py', [*VAL[:-2], '--val_size', '64', '--data_dir', data_root,
                                              '--out_dir', str(tmp_path)]) == 2
