@@ -31,7 +31,7 @@ import plotting
 import posterior2d
 from evaluate import bits_per_dim, evaluate, save_latent_plot, save_pictures
 from utils import (Diverged, UsageError, device_name, load_checkpoint, log_json, pick_device, prepare_out_dirs,
-                   save_checkpoint, write_json)
+                   save_checkpoint, truncate_log, write_json)
 from vae import training_loss
 
 FUSED_ADAM_DEVICES = ('cpu', 'cuda')   # where torch has a fused Adam kernel: one kernel for all parameters
@@ -450,6 +450,8 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
               monitor, test, state)
     if ckpt and distributed.is_main():
         carry_best(run)
+        if not args.eval_only:   # the log reads as one run: the records after the checkpoint are written again
+            truncate_log(run.path('logs', '.jsonl'), state['iter'])
     return run
 
 

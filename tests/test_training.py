@@ -143,6 +143,33 @@ def test_resume_continues_exactly(script, kind, device, data_root, tmp_path):
             assert final_b[key] == pytest.approx(value, rel=1e-5), key
 
 
+def test_a_resumed_run_drops_the_log_records_after_its_checkpoint(data_root, tmp_path):
+    """A run that went on past the checkpoint it is resumed from (iteration 4; it went to 8, and a kill left
+    half a line) keeps its log up to iteration 4, byte for byte, and then logs as the first time: every
+    record once, in order."""
+    out = str(tmp_path / 'run')
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--data_dir', data_root]
+    assert run_script('static_flow_vae.py', [*flags, '--max_iter', '4', '--out_dir', out]) == 0
+    prefix, _ = read_log(out)
+    resume, log = os.path.join(out, 'checkpoints', f'{prefix}.pt'), os.path.join(out, 'logs', f'{prefix}.jsonl')
+    at_4 = shutil.copyfile(resume, tmp_path / 'at_4.pt')
+    with open(log, 'rb') as f:
+        head = f.read()
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--max_iter', '8']) == 0
+    _, first = read_log(out)
+    with open(log, 'a') as f:
+        f.write('{"iter": 9, "lo')
+    assert run_script('static_flow_vae.py', ['--resume', str(at_4), '--max_iter', '8', '--out_dir', out]) == 0
+    _, again = read_log(out)
+    with open(log, 'rb') as f:
+        assert f.read().startswith(head)
+
+    def without_speed(records):   # it/s is the one field that differs between the two resumed runs
+        return [{key: value for key, value in r.items() if key != 'its_per_s'} for r in records]
+    assert without_speed(again) == without_speed(first)
+    assert [r['iter'] for r in again if 'loss' in r] == [2, 4, 6, 8]
+
+
 def test_eval_only_reproduces_the_final_metrics(data_root, tmp_path):
     out = str(tmp_path)
     flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'householder', '--data_dir', data_root,
