@@ -131,7 +131,8 @@ def base_parser(description, latent_dim, max_iter):
     g = p.groups['resume']
     g.add_argument('--resume', default=None, metavar='PATH',
                    help="continue from this checkpoint, with the run's flags; only the schedule, output, "
-                        'evaluation and device flags (--max_iter, --lr, --out_dir, --iw_samples, ...) may be given anew')
+                        'evaluation and device flags (--max_iter, --lr, --out_dir, --iw_samples, ...) may be given '
+                        'anew, --max_iter only under --lr_schedule none')
     g.add_argument('--eval_only', action='store_true', help='only evaluate the --resume checkpoint')
     return p
 
@@ -202,7 +203,8 @@ def merge_config(args, ckpt, explicit, path):
     """The run's flags come from the checkpoint; a flag given now that differs is refused.
 
     RESUMABLE flags may be given anew; those not given also come from the checkpoint, so that a bare
-    `--resume PATH` continues with the run's --max_iter, --lr, --data_dir and --out_dir.
+    `--resume PATH` continues with the run's --max_iter, --lr, --data_dir and --out_dir. A new --max_iter is
+    refused under --lr_schedule cosine, whose learning rates it would stretch.
     """
     saved = ckpt['config']
     for key, value in saved.items():
@@ -214,3 +216,7 @@ def merge_config(args, ckpt, explicit, path):
                                  f'--{key} {value}: drop the flag or start a new run')
             continue
         setattr(args, key, value)
+    if saved.get('lr_schedule') == 'cosine' and args.max_iter != saved['max_iter']:
+        raise UsageError(f'--max_iter {args.max_iter} differs from {path}, made with --max_iter {saved["max_iter"]} '
+                         f'under --lr_schedule cosine, whose learning rate falls to 0 over --max_iter: keep '
+                         f'--max_iter {saved["max_iter"]} or start a new run')

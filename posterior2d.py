@@ -251,9 +251,9 @@ def _flow_inverse(model, z, context):
 def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000, elbo_samples=10_000, seed=EVAL_SEED):
     """What each row of the posterior figure shows, for images x (M, C, H, W) in model space: a list of
     dicts with the window 'box' (holding the bulk of p(z|x), q0 and q_K), the densities 'posterior', 'q0',
-    'qk' on a window x window grid of it (None for 'qk' when the flow has no inverse: then 'qk_samples'
-    (samples, 2) from q_K), 'log_px' (the grid quadrature), 'elbo' (the mean of `elbo_samples`
-    single-sample ELBOs) and the 'flow' kind."""
+    'qk' on a window x window grid of it (None for 'qk' when the flow has no inverse, or its inverse is not
+    finite on the whole window: then 'qk_samples' (samples, 2) from q_K), 'log_px' (the grid quadrature),
+    'elbo' (the mean of `elbo_samples` single-sample ELBOs) and the 'flow' kind."""
     was_training = model.training
     model.eval()
     dtype = x.dtype
@@ -281,8 +281,9 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
             qk = None
             if inverse is not None:   # exact contours; the samples only placed the window
                 z0, inv_log_det = inverse
-                qk = (log_normal_diag(z0.double(), mean.double(), log_var.double()) + inv_log_det.double()).exp().cpu()
-                qk_samples = None
+                log_qk = log_normal_diag(z0.double(), mean.double(), log_var.double()) + inv_log_det.double()
+                if torch.isfinite(log_qk).all():   # else the inverse overflowed (an IAF can): the samples are drawn
+                    qk, qk_samples = log_qk.exp().cpu(), None
             draws = elbo(model(xi.expand(elbo_samples, *xi.shape[1:])), model.has_flow)
             rows.append({'box': box, 'posterior': post_w.view(window, window), 'q0': q0.view(window, window),
                          'qk': None if qk is None else qk.view(window, window), 'qk_samples': qk_samples,

@@ -14,6 +14,7 @@ Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (non-f
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -30,7 +31,7 @@ import plotting
 import posterior2d
 from evaluate import bits_per_dim, evaluate, save_latent_plot, save_pictures
 from utils import (Diverged, UsageError, device_name, load_checkpoint, log_json, pick_device, prepare_out_dirs,
-                   save_checkpoint, write_json)
+                   save_checkpoint, truncate_log, write_json)
 from vae import training_loss
 
 FUSED_ADAM_DEVICES = ('cpu', 'cuda')   # where torch has a fused Adam kernel: one kernel for all parameters
@@ -445,8 +446,23 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
             torch.cuda.set_rng_state_all(ckpt['rng']['cuda'])
     distributed.seed_rank(args.seed, state['iter'])
     pre = data_utils.Preprocessor(args.dataset, binarize=args.binarize, flip=args.flip)
-    return Run(args, script, config.run_prefix(args, arch(args)), paths, model, optimizer, pre, batches,
-               monitor, test, state)
+    run = Run(args, script, config.run_prefix(args, arch(args)), paths, model, optimizer, pre, batches,
+              monitor, test, state)
+    if ckpt and distributed.is_main():
+        carry_best(run)
+        if not args.eval_only:   # the log reads as one run: the records after the checkpoint are written again
+            truncate_log(run.path('logs', '.jsonl'), state['iter'])
+    return run
+
+
+def carry_best(run):
+    """Resumed into a new --out_dir, the run's best checkpoint (beside the --resume checkpoint) is copied
+    there, where training replaces it by a better one and `finish` evaluates it."""
+    best = run.path('checkpoints', '_best.pt')
+    source = os.path.join(os.path.dirname(run.args.resume), os.path.basename(best))
+    if run.state['best'] is not None and os.path.isfile(source) \
+            and not (os.path.exists(best) and os.path.samefile(source, best)):
+        shutil.copyfile(source, best)
 
 
 def main(parser, script, build_model, arch, check_script_args=None, argv=None):

@@ -4,6 +4,7 @@ It imports nothing of the project's but distributed.py, so any module may import
 """
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -141,3 +142,24 @@ def write_json(path, obj):
 def log_json(path, record):
     with open(path, 'a') as f:
         f.write(json.dumps(record) + '\n')
+
+
+def truncate_log(path, it):
+    """Keep the records of iterations <= `it` of the JSONL log at `path`, rewritten atomically (atomic_write)
+    when any goes: a run resumed from its checkpoint of iteration `it` writes the later ones again. A line cut
+    short (by a kill while it was written) goes too; the other lines are kept byte for byte. No file: nothing."""
+    if not os.path.exists(path):
+        return
+    with open(path, 'rb') as f:
+        lines = f.readlines()
+    kept = [line for line in lines if _log_iteration(line) <= it]
+    if len(kept) < len(lines):
+        atomic_write(path, lambda f: f.writelines(kept))
+
+
+def _log_iteration(line):
+    """The 'iter' of one log line; infinite for a line that is not whole JSON."""
+    try:
+        return json.loads(line)['iter']
+    except ValueError:
+        return math.inf

@@ -66,8 +66,8 @@ def table(section):
                                                                               order.get(kv[0][2], len(order)), kv[0][2])):
         finals = [final for _, final, _ in group]
 
-        def values(name, minus=None):   # a metric over the seeds that have it, or its distance to another
-            return [abs(f[name] - f[minus]) if minus else f[name] for f in finals
+        def values(name, minus=None):   # a metric over the seeds that have it, or its difference to another
+            return [f[name] - f[minus] if minus else f[name] for f in finals
                     if name in f and (minus is None or minus in f)]
 
         best = []

@@ -8,6 +8,7 @@ import scipy.integrate
 import torch
 
 import data_utils
+import plotting
 import posterior2d
 import static_flow_conv_vae
 import static_flow_vae
@@ -167,6 +168,19 @@ def test_posterior_figure(tmp_path, flow):
     with open(path, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     assert path.stat().st_size > 20_000
+
+
+def test_posterior_figure_draws_samples_where_the_iaf_inverse_overflows(tmp_path):
+    """A perturbed 2-D IAF whose exact inverse overflows on part of the window (its density there nan):
+    each row shows q_K's samples instead, as for a flow without an inverse."""
+    W, b, x = bernoulli_toy(n_images=2)
+    model = LinearVAE(W, b, 'bernoulli', perturbed_flow('iaf', 2, scale=1.0))
+    rows = posterior2d.posterior_panels(model, x, n=80, window=50, samples=2000, elbo_samples=100)
+    for row in rows:
+        z0, log_det = model.flow.inverse(posterior2d._window_grid(row['box'], 50)[0].float())
+        assert not (torch.isfinite(z0).all() and torch.isfinite(log_det).all())
+        assert row['qk'] is None and torch.isfinite(row['qk_samples']).all()
+    plotting.plot_posteriors(x.view(2, 1, 2, 3), [0, 1], rows, tmp_path / 'posterior.png', 'iaf')
 
 
 def test_posterior_figure_skips_other_latent_sizes(tmp_path):

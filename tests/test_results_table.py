@@ -64,6 +64,17 @@ def test_table_rows_are_last_finals_over_seeds(section, capsys):
     assert lines[2].split('|')[2].strip() == 'none'   # the plain VAE first
 
 
+def test_gaps_keep_their_sign(tmp_path, capsys):
+    """exact − IW below 0 (IW above the exact value: a quadrature or IW problem) prints negative."""
+    write_run(tmp_path / 'runs' / 'mlp_static_none', [final(-140.0, -136.0, -136.5)], {})
+    collect_results.collect(str(tmp_path / 'runs'), str(tmp_path / 'results'))
+    results_table.table(str(tmp_path / 'results'))
+    header, _, row = [line.strip('|').split('|') for line in capsys.readouterr().out.splitlines()
+                      if line.startswith('|')]
+    cells = dict(zip((c.strip() for c in header), (c.strip() for c in row)))
+    assert cells['exact − IW'] == '-0.50' and cells['exact − ELBO'] == '3.50' and cells['IW − ELBO'] == '4.00'
+
+
 def test_curve_leads_count_evaluations_ahead_of_none():
     found = {'none': [(5.0, -100.0), (10.0, -95.0), (15.0, -93.0)],
              'planar': [(5.0, -99.0), (10.0, -95.5), (15.0, -92.5)],   # ahead, behind, ahead

@@ -145,6 +145,33 @@ def test_resume_continues_exactly(script, kind, device, data_root, tmp_path):
             assert final_b[key] == pytest.approx(value, rel=1e-5), key
 
 
+def test_a_resumed_run_drops_the_log_records_after_its_checkpoint(data_root, tmp_path):
+    """A run that went on past the checkpoint it is resumed from (iteration 4; it went to 8, and a kill left
+    half a line) keeps its log up to iteration 4, byte for byte, and then logs as the first time: every
+    record once, in order."""
+    out = str(tmp_path / 'run')
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--data_dir', data_root]
+    assert run_script('static_flow_vae.py', [*flags, '--max_iter', '4', '--out_dir', out]) == 0
+    prefix, _ = read_log(out)
+    resume, log = os.path.join(out, 'checkpoints', f'{prefix}.pt'), os.path.join(out, 'logs', f'{prefix}.jsonl')
+    at_4 = shutil.copyfile(resume, tmp_path / 'at_4.pt')
+    with open(log, 'rb') as f:
+        head = f.read()
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--max_iter', '8']) == 0
+    _, first = read_log(out)
+    with open(log, 'a') as f:
+        f.write('{"iter": 9, "lo')
+    assert run_script('static_flow_vae.py', ['--resume', str(at_4), '--max_iter', '8', '--out_dir', out]) == 0
+    _, again = read_log(out)
+    with open(log, 'rb') as f:
+        assert f.read().startswith(head)
+
+    def without_speed(records):   # it/s is the one field that differs between the two resumed runs
+        return [{key: value for key, value in r.items() if key != 'its_per_s'} for r in records]
+    assert without_speed(again) == without_speed(first)
+    assert [r['iter'] for r in again if 'loss' in r] == [2, 4, 6, 8]
+
+
 def test_eval_only_reproduces_the_final_metrics(data_root, tmp_path):
     out = str(tmp_path)
     flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'householder', '--data_dir', data_root,
@@ -314,6 +341,24 @@ def test_the_final_numbers_are_the_best_checkpoints(data_root, tmp_path, monkeyp
     assert abs(final['test_elbo'] - final['last_test_elbo']) > 1e-3
 
 
+def test_a_run_resumed_into_a_new_out_dir_evaluates_its_best_checkpoint(data_root, tmp_path, monkeypatch):
+    """The best model (iteration 2) is in the first folder; resumed into a second one, no better model comes
+    after it, and the run ends with that best model's test numbers."""
+    first, second = str(tmp_path / 'first'), str(tmp_path / 'second')
+    flags = [*VAL, '--eval_every', '1', '--data_dir', data_root]
+    spy_on_evaluate(monkeypatch, val_elbos=[-5.0, -1.0])
+    assert run_script('static_flow_vae.py', [*flags, '--max_iter', '2', '--out_dir', first]) == 0
+    prefix, records = read_log(first)
+    monkeypatch.undo()
+    spy_on_evaluate(monkeypatch, val_elbos=[-3.0, -2.0])
+    assert run_script('static_flow_vae.py', ['--resume', os.path.join(first, 'checkpoints', f'{prefix}.pt'),
+                                             '--max_iter', '4', '--out_dir', second]) == 0
+    final = read_log(second)[1][-1]
+    assert final['iter'] == 4 and final['best_iter'] == 2 and final['test_elbo'] == records[-1]['test_elbo']
+    best = torch.load(os.path.join(second, 'checkpoints', f'{prefix}_best.pt'), weights_only=True)
+    assert best['iter'] == 2
+
+
 def test_a_validation_set_as_large_as_the_training_split_is_refused(data_root, tmp_path, capsys):
     assert run_script('static_flow_vae.py', [*VAL[:-2], '--val_size', '64', '--data_dir', data_root,
                                              '--out_dir', str(tmp_path)]) == 2
@@ -388,6 +433,22 @@ def test_every_step_takes_the_scheduled_learning_rate_also_across_a_resume(data_
     for key, value in last[0]['optimizer']['state'].items():
         for name, tensor in value.items():
             assert torch.equal(last[1]['optimizer']['state'][key][name], tensor), (key, name)
+
+
+def test_a_cosine_run_refuses_a_new_max_iter_on_resume(data_root, tmp_path, capsys):
+    """The cosine schedule is a function of --max_iter: a resumed run keeps it, or the learning rate would jump."""
+    out = str(tmp_path)
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--lr_schedule', 'cosine',
+             '--data_dir', data_root, '--out_dir', out]
+    assert run_script('static_flow_vae.py', flags) == 0
+    prefix, _ = read_log(out)
+    resume = os.path.join(out, 'checkpoints', f'{prefix}.pt')
+    capsys.readouterr()
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--max_iter', '9']) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert '--max_iter 9' in line and 'cosine' in line and 'keep --max_iter 6' in line
+    assert torch.load(resume, weights_only=True)['iter'] == 6
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--max_iter', '6']) == 0   # the same: accepted
 
 
 def test_warmup_weighs_the_kl_terms_of_each_step_by_beta_rising_to_1(data_root, tmp_path, monkeypatch):
