@@ -4,6 +4,7 @@ import argparse
 import inspect
 import math
 import os
+import shutil
 import signal
 
 import pytest
