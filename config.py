@@ -123,8 +123,9 @@ def base_parser(description, latent_dim, max_iter):
                         '2 (CUDA only): as 1 with mode="reduce-overhead", which also captures the compiled '
                         'forward and backward in CUDA graphs and replays them, one launch each per step')
     g.add_argument('--precision', default='fp32', choices=tuple(PRECISIONS),
-                   help="bf16: the training forward under torch.autocast, so the encoder's and decoder's matrix "
-                        'products run in bfloat16; the flow, the densities and the loss stay float32, and '
+                   help="bf16: the training forward under torch.autocast, so the networks' matrix products (the "
+                        "encoder's, the decoder's and an amortized flow's context layers) run in bfloat16; the "
+                        "flow's arithmetic, the densities and the loss stay float32, and "
                         'evaluation and every reported number are float32. Fast on CPUs with AVX512-BF16 or AMX '
                         'and on GPUs with bf16 tensor cores, slower than fp32 on other CPUs')
 

@@ -14,8 +14,10 @@
 #            1,000 epochs (390,000 iterations) with a cosine learning rate, the validation ELBO every 5 epochs,
 #            stopping after 10 evaluations (50 epochs) without a better one; the best model is evaluated
 #            with K = 5000. Runs: none, amortized planar and amortized NICE with seeds 0, 1, 2, then the
-#            other amortized and static flows with seed 0, then the amortized Sylvester flows (M = D, H = 8)
-#            and IAF with seed 0. A run folder that has a checkpoint is resumed, not restarted.
+#            other amortized and static flows with seed 0, the static Sylvester flows and IAF, amortized IAF
+#            and amortized sylvester-orthogonal with M = 16, then the amortized Sylvester flows at M = D
+#            (H = 8), days each on one CPU core, meant for a GPU. A run folder that has a checkpoint is
+#            resumed, not restarted.
 #   latent2_full  the mnist40_full protocol with --latent_dim 2: the plain VAE with seeds 0, 1, 2, then each
 #            flow amortized and static with seed 0; K = 5000, and the exact log p(x) of every run
 #   lr_schedule  the check behind the cosine schedule: the plain VAE of mnist40_full, 20,000 iterations,
@@ -132,6 +134,13 @@ for section in "${sections[@]}"; do
           --flow "$flow" --seed 0
       done
       for flow in sylvester-orthogonal sylvester-householder sylvester-triangular iaf; do
+        launch mnist40_full "mlp_static_${flow}_seed0" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
+          --flow "$flow" --seed 0
+      done
+      launch mnist40_full mlp_amortized_iaf_seed0 dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" --flow iaf --seed 0
+      launch mnist40_full mlp_amortized_sylvester-orthogonal-m16_seed0 dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 \
+        "${full[@]}" --flow sylvester-orthogonal --sylvester_m 16 --seed 0
+      for flow in sylvester-orthogonal sylvester-householder sylvester-triangular; do   # M = D: for a GPU
         launch mnist40_full "mlp_amortized_${flow}_seed0" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
           --flow "$flow" --seed 0
       done ;;
