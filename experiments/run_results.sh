@@ -84,6 +84,18 @@ launch() {   # run in the background, at most JOBS at once
 
 read -r -a flows <<< "${FLOWS:-none planar radial householder nice}"
 mlp40=(--latent_dim 40 --layer 2 --hidden_dim 400 --length 16 --max_iter "$ITERS" --warmup $((ITERS / 5)))
+# the full-budget protocol of mnist40_full and latent2_full, but for the latent dimension
+protocol=(--layer 2 --hidden_dim 400 --length 16 --warmup 10000 --val_size 10000 --max_iter 390000
+          --lr_schedule cosine --eval_every 1950 --patience 10 --log_every 390 --ckpt_every 1950
+          --sample_every 39000 --compile 1 --precision bf16)
+full_run() {   # SECTION MODE FLOW SEED [NAME_SUFFIX FLAG...]: a run of the protocol, mlp_MODE_FLOW[SUFFIX]_seedSEED; K = 5000
+  local section=$1 mode=$2 flow=$3 seed=$4 suffix=${5:-} dim=40 script=static_flow_vae.py
+  shift $(($# < 5 ? $# : 5))
+  [[ $section == latent2_full ]] && dim=2
+  [[ $mode == amortized ]] && script=dynamic_flow_vae.py
+  launch "$section" "mlp_${mode}_${flow}${suffix}_seed$seed" "$script" "$TRAIN_DEVICE" 5000 --latent_dim "$dim" \
+    "${protocol[@]}" --flow "$flow" --seed "$seed" "$@"
+}
 for section in "${sections[@]}"; do
   case $section in
     latent2)
@@ -114,49 +126,25 @@ for section in "${sections[@]}"; do
           "${mlp40[@]}" --flow "$flow"
       done ;;
     mnist40_full)
-      full=(--latent_dim 40 --layer 2 --hidden_dim 400 --length 16 --warmup 10000 --val_size 10000
-            --max_iter 390000 --lr_schedule cosine --eval_every 1950 --patience 10
-            --log_every 390 --ckpt_every 1950 --sample_every 39000 --compile 1 --precision bf16)
       for seed in 0 1 2; do
-        launch mnist40_full "mlp_static_none_seed$seed" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
-          --flow none --seed "$seed"
-        launch mnist40_full "mlp_amortized_planar_seed$seed" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
-          --flow planar --seed "$seed"
-        launch mnist40_full "mlp_amortized_nice_seed$seed" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
-          --flow nice --seed "$seed"
+        full_run mnist40_full static none "$seed"
+        full_run mnist40_full amortized planar "$seed"
+        full_run mnist40_full amortized nice "$seed"
       done
-      for flow in radial householder; do
-        launch mnist40_full "mlp_amortized_${flow}_seed0" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
-          --flow "$flow" --seed 0
+      for flow in radial householder; do full_run mnist40_full amortized "$flow" 0; done
+      for flow in planar radial householder nice sylvester-orthogonal sylvester-householder sylvester-triangular iaf; do
+        full_run mnist40_full static "$flow" 0
       done
-      for flow in planar radial householder nice; do
-        launch mnist40_full "mlp_static_${flow}_seed0" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
-          --flow "$flow" --seed 0
-      done
-      for flow in sylvester-orthogonal sylvester-householder sylvester-triangular iaf; do
-        launch mnist40_full "mlp_static_${flow}_seed0" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
-          --flow "$flow" --seed 0
-      done
-      launch mnist40_full mlp_amortized_iaf_seed0 dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" --flow iaf --seed 0
-      launch mnist40_full mlp_amortized_sylvester-orthogonal-m16_seed0 dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 \
-        "${full[@]}" --flow sylvester-orthogonal --sylvester_m 16 --seed 0
+      full_run mnist40_full amortized iaf 0
+      full_run mnist40_full amortized sylvester-orthogonal 0 -m16 --sylvester_m 16
       for flow in sylvester-orthogonal sylvester-householder sylvester-triangular; do   # M = D: for a GPU
-        launch mnist40_full "mlp_amortized_${flow}_seed0" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full[@]}" \
-          --flow "$flow" --seed 0
+        full_run mnist40_full amortized "$flow" 0
       done ;;
     latent2_full)
-      full2=(--latent_dim 2 --layer 2 --hidden_dim 400 --length 16 --warmup 10000 --val_size 10000
-             --max_iter 390000 --lr_schedule cosine --eval_every 1950 --patience 10
-             --log_every 390 --ckpt_every 1950 --sample_every 39000 --compile 1 --precision bf16)
-      for seed in 0 1 2; do
-        launch latent2_full "mlp_static_none_seed$seed" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full2[@]}" \
-          --flow none --seed "$seed"
-      done
+      for seed in 0 1 2; do full_run latent2_full static none "$seed"; done
       for flow in planar radial householder nice sylvester-orthogonal sylvester-householder sylvester-triangular iaf; do
-        launch latent2_full "mlp_amortized_${flow}_seed0" dynamic_flow_vae.py "$TRAIN_DEVICE" 5000 "${full2[@]}" \
-          --flow "$flow" --seed 0
-        launch latent2_full "mlp_static_${flow}_seed0" static_flow_vae.py "$TRAIN_DEVICE" 5000 "${full2[@]}" \
-          --flow "$flow" --seed 0
+        full_run latent2_full amortized "$flow" 0
+        full_run latent2_full static "$flow" 0
       done ;;
     lr_schedule)
       for schedule in none cosine; do
