@@ -81,3 +81,17 @@ def test_seed0_curves_reads_validation_records_in_epochs(tmp_path):
     write_run(tmp_path / 'runs' / 'mlp_amortized_planar_seed1', records, summary)   # not seed 0: left out
     collect_results.collect(str(tmp_path / 'runs'), str(tmp_path / 'results'))
     assert results_table.seed0_curves(str(tmp_path / 'results')) == {'none': [(5.0, -99.0), (10.0, -98.0)]}
+
+
+def test_collected_summary_has_no_machine_paths(tmp_path):
+    run = tmp_path / 'runs' / 'mlp_static_none'
+    config = {'dataset': 'mnist', 'data_dir': '/data/mnist', 'seed': 0, 'out_dir': str(run),
+              'resume': str(run / 'checkpoints' / 'prefix.pt'), 'eval_only': True}
+    write_run(run, [final(-97.0)], {'script': 'static_flow_vae.py', 'config': config, 'test_elbo': -97.0})
+    collect_results.collect(str(tmp_path / 'runs'), str(tmp_path / 'results'))
+    with open(tmp_path / 'results' / 'mlp_static_none' / 'summary.json') as f:
+        summary = json.load(f)
+    # the flags in their order less data_dir and out_dir; resume relative to the run folder; the rest as it was
+    assert summary == {'script': 'static_flow_vae.py', 'test_elbo': -97.0, 'config': {
+        'dataset': 'mnist', 'seed': 0, 'resume': os.path.join('checkpoints', 'prefix.pt'), 'eval_only': True}}
+    assert list(summary['config']) == ['dataset', 'seed', 'resume', 'eval_only']
