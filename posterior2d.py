@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import plotting
 from evaluate import EVAL_BATCH, EVAL_SEED, bits_per_dim, eval_rng, seed_batch
+from utils import progress
 from vae import LOG_2PI, elbo, log_normal_diag, log_standard_normal
 
 GRID = 640          # default cells per axis (cells 0.025 wide); 10^4 MNIST images in about 50 CPU-seconds
@@ -114,7 +115,7 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
     total = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     a = _likelihood_terms(model, x, z_all[:1], dtype)[0].double()      # the image-only term, (N,)
     if not adaptive:
-        for g in range(0, z_all.shape[0], grid_chunk):
+        for g in progress(range(0, z_all.shape[0], grid_chunk), desc='exact log p(x)', unit='chunk', leave=False):
             _sum_block(model, x, z_all[g:g + grid_chunk], dtype, total, torch.arange(x.shape[0]), image_chunk)
     else:
         stride = max(1, n // coarse)
@@ -135,7 +136,7 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
         keep = (tile_max > peak - threshold).view(-1, 1, tiles, tiles).to(dtype)
         keep = F.max_pool2d(keep, 3, stride=1, padding=1).view(x.shape[0], -1) > 0   # and the 8 neighbours
         rows = torch.arange(n, device=x.device)
-        for t in range(tiles * tiles):
+        for t in progress(range(tiles * tiles), desc='exact log p(x)', unit='tile', leave=False):
             images = keep[:, t].nonzero().squeeze(1)
             if images.numel():
                 r = rows[(t // tiles) * tile:(t // tiles + 1) * tile]
