@@ -82,7 +82,7 @@ def log_joint(model, x, z, dtype=None, grid_chunk=GRID_CHUNK):
     """log p(x_i|z_g) + log N(z_g; 0, I) for every image and grid point: (N, G), for a few images."""
     dtype = dtype or matmul_dtype(model)
     parts = []
-    for g in range(0, z.shape[0], grid_chunk):
+    for g in progress(range(0, z.shape[0], grid_chunk), desc='log p(x, z) on the grid', unit='chunk', leave=False):
         a, b, A, B = _joint_terms(model, x, z[g:g + grid_chunk], dtype)
         parts.append(torch.addmm(b, A, B.T) + a[:, None])
     return torch.cat(parts, dim=1)
@@ -263,7 +263,7 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
     with torch.random.fork_rng(devices=[x.device] if x.device.type == 'cuda' else []):
         torch.manual_seed(seed)
         joint = log_joint(model, x, z).double()                        # (M, G)
-        for i in range(x.shape[0]):
+        for i in progress(range(x.shape[0]), desc='posterior figure', unit='image', leave=False):
             xi = x[i:i + 1]
             posterior, log_px = _normalize(joint[i], log_cell)
             mean, log_var, context = model.encode(xi)

@@ -1,5 +1,5 @@
-"""The progress bars of the long evaluations (IW, the exact quadrature, gap_spread.py, elbo_terms.py): drawn on a
-terminal, absent when stderr is not one (a log file, a pipe, pytest's capture)."""
+"""The progress bars of the long evaluations (IW, the exact quadrature and the posterior figure, gap_spread.py,
+elbo_terms.py): drawn on a terminal, absent when stderr is not one (a log file, a pipe, pytest's capture)."""
 import io
 import os
 import sys
@@ -30,6 +30,10 @@ PRE = data_utils.Preprocessor('mnist')
 JOBS = {   # the bar's description: the evaluation, on a tiny 2-D model and 6 images
     'IW, K=2': lambda model: evaluate.evaluate(model, PRE, images(), iw_samples=2, iw_batch=2),
     'exact log p(x)': lambda model: posterior2d.exact_log_px(model, PRE, images(), n=40, limit=4.0),
+    'posterior figure': lambda model: posterior2d.posterior_panels(model, PRE(images(2), train=False)[0], n=40,
+                                                                   window=20, samples=100, elbo_samples=10),
+    'log p(x, z) on the grid': lambda model: posterior2d.log_joint(model, PRE(images(2), train=False)[0],
+                                                                   posterior2d.grid_points(40, 4.0)[0]),
     'ELBO, 2 draws': lambda model: gap_spread.elbo_per_image(model, PRE(images(), train=False)[0], 2, batch_size=2),
     'ELBO terms': lambda model: elbo_terms.elbo_terms(model, PRE, images(), batch_size=2)}
 
