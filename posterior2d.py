@@ -125,7 +125,8 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
         sub_index = (sub[:, None] * n + sub[None]).flatten()             # into z_all (first coordinate slowest)
         sub_tile = ((sub // tile)[:, None] * tiles + (sub // tile)[None]).flatten()
         tile_max = torch.full((x.shape[0], tiles * tiles), -math.inf, dtype=dtype, device=x.device)
-        for g in range(0, sub_index.numel(), grid_chunk):
+        for g in progress(range(0, sub_index.numel(), grid_chunk), desc='exact log p(x), first pass', unit='chunk',
+                          leave=False):
             z = z_all[sub_index[g:g + grid_chunk]]
             _, b, A, B = _joint_terms(model, x, z, dtype)
             index = sub_tile[g:g + grid_chunk]
