@@ -15,7 +15,7 @@ from vae import OBJECTIVES
 
 # flags that may change when a run is resumed; every other flag defines the run and comes from the checkpoint
 RESUMABLE = {'resume', 'eval_only', 'max_iter', 'out_dir', 'data_dir', 'device', 'log_every',
-             'sample_every', 'ckpt_every', 'iw_samples', 'max_bad_steps', 'lr', 'clip_grad',
+             'sample_every', 'ckpt_every', 'iw_samples', 'exact', 'max_bad_steps', 'lr', 'clip_grad',
              'sample_size', 'sync_bn', 'compile', 'precision', 'eval_every'}
 LR_SCHEDULES = ('none', 'cosine')
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16}   # --precision: the autocast dtype of the training forward
@@ -113,6 +113,10 @@ def base_parser(description, latent_dim, max_iter):
     g.add_argument('--iw_samples', type=int, default=1000,
                    help='K, importance samples per test image for the log-likelihood estimate '
                         '(0: skip it, e.g. to train on one device and --eval_only on another)')
+    g.add_argument('--exact', type=int, default=1, choices=(0, 1),
+                   help='--latent_dim 2: log p(x) by quadrature over a grid of z in the final evaluation, with the '
+                        "ELBO's and IW's gaps to it, and the posterior figure (0: skip them; with the conv decoder "
+                        'they can take longer than training, see docs/usage.md)')
 
     g = p.groups['performance']
     g.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda', 'mps'),

@@ -10,6 +10,7 @@ import torch
 
 import distributed
 import plotting
+from utils import progress
 from vae import elbo, iw_log_likelihood
 
 EVAL_SEED = 1234             # noise of evaluation (reparameterization, dequantization)
@@ -49,10 +50,12 @@ def evaluate(model, pre, images, iw_samples=0, split='test', batch_size=EVAL_BAT
             seed_batch(0, start)
             x, log_det_pre = pre(images[start:start + batch_size], train=False)
             elbo_sum += (elbo(model(x), model.has_flow) + log_det_pre).sum().item()
-        for start in distributed.shard(range(0, images.shape[0] if iw_samples else 0, iw_batch)):
-            seed_batch(1, start)
-            x, log_det_pre = pre(images[start:start + iw_batch], train=False)
-            iw_sum += (iw_log_likelihood(model, x, iw_samples) + log_det_pre).sum().item()
+        if iw_samples:   # the long part: a bar of its batches
+            starts = distributed.shard(range(0, images.shape[0], iw_batch))
+            for start in progress(starts, desc=f'IW, K={iw_samples}', unit='batch', leave=False):
+                seed_batch(1, start)
+                x, log_det_pre = pre(images[start:start + iw_batch], train=False)
+                iw_sum += (iw_log_likelihood(model, x, iw_samples) + log_det_pre).sum().item()
     model.train()
     elbo_sum, iw_sum = distributed.sum_floats([elbo_sum, iw_sum])
     n, dims = images.shape[0], images[0].numel()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import plotting
 from evaluate import EVAL_BATCH, EVAL_SEED, bits_per_dim, eval_rng, seed_batch
+from utils import progress
 from vae import LOG_2PI, elbo, log_normal_diag, log_standard_normal
 
 GRID = 640          # default cells per axis (cells 0.025 wide); 10^4 MNIST images in about 50 CPU-seconds
@@ -81,7 +82,7 @@ def log_joint(model, x, z, dtype=None, grid_chunk=GRID_CHUNK):
     """log p(x_i|z_g) + log N(z_g; 0, I) for every image and grid point: (N, G), for a few images."""
     dtype = dtype or matmul_dtype(model)
     parts = []
-    for g in range(0, z.shape[0], grid_chunk):
+    for g in progress(range(0, z.shape[0], grid_chunk), desc='log p(x, z) on the grid', unit='chunk', leave=False):
         a, b, A, B = _joint_terms(model, x, z[g:g + grid_chunk], dtype)
         parts.append(torch.addmm(b, A, B.T) + a[:, None])
     return torch.cat(parts, dim=1)
@@ -114,7 +115,7 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
     total = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     a = _likelihood_terms(model, x, z_all[:1], dtype)[0].double()      # the image-only term, (N,)
     if not adaptive:
-        for g in range(0, z_all.shape[0], grid_chunk):
+        for g in progress(range(0, z_all.shape[0], grid_chunk), desc='exact log p(x)', unit='chunk', leave=False):
             _sum_block(model, x, z_all[g:g + grid_chunk], dtype, total, torch.arange(x.shape[0]), image_chunk)
     else:
         stride = max(1, n // coarse)
@@ -124,7 +125,8 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
         sub_index = (sub[:, None] * n + sub[None]).flatten()             # into z_all (first coordinate slowest)
         sub_tile = ((sub // tile)[:, None] * tiles + (sub // tile)[None]).flatten()
         tile_max = torch.full((x.shape[0], tiles * tiles), -math.inf, dtype=dtype, device=x.device)
-        for g in range(0, sub_index.numel(), grid_chunk):
+        for g in progress(range(0, sub_index.numel(), grid_chunk), desc='exact log p(x), first pass', unit='chunk',
+                          leave=False):
             z = z_all[sub_index[g:g + grid_chunk]]
             _, b, A, B = _joint_terms(model, x, z, dtype)
             index = sub_tile[g:g + grid_chunk]
@@ -135,7 +137,7 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
         keep = (tile_max > peak - threshold).view(-1, 1, tiles, tiles).to(dtype)
         keep = F.max_pool2d(keep, 3, stride=1, padding=1).view(x.shape[0], -1) > 0   # and the 8 neighbours
         rows = torch.arange(n, device=x.device)
-        for t in range(tiles * tiles):
+        for t in progress(range(tiles * tiles), desc='exact log p(x)', unit='tile', leave=False):
             images = keep[:, t].nonzero().squeeze(1)
             if images.numel():
                 r = rows[(t // tiles) * tile:(t // tiles + 1) * tile]
@@ -262,7 +264,7 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
     with torch.random.fork_rng(devices=[x.device] if x.device.type == 'cuda' else []):
         torch.manual_seed(seed)
         joint = log_joint(model, x, z).double()                        # (M, G)
-        for i in range(x.shape[0]):
+        for i in progress(range(x.shape[0]), desc='posterior figure', unit='image', leave=False):
             xi = x[i:i + 1]
             posterior, log_px = _normalize(joint[i], log_cell)
             mean, log_var, context = model.encode(xi)

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 import config
 import data_utils
@@ -31,7 +30,7 @@ import plotting
 import posterior2d
 from evaluate import bits_per_dim, evaluate, save_latent_plot, save_pictures
 from utils import (Diverged, UsageError, device_name, load_checkpoint, log_json, pick_device, prepare_out_dirs,
-                   save_checkpoint, truncate_log, write_json)
+                   progress, save_checkpoint, truncate_log, write_json)
 from vae import training_loss
 
 FUSED_ADAM_DEVICES = ('cpu', 'cuda')   # where torch has a fused Adam kernel: one kernel for all parameters
@@ -236,7 +235,7 @@ def train(run):
     it, bad = state['iter'], 0
     counters = StepCounters(images.device)
     t_last, it_last, t_other = time.perf_counter(), it, 0.0   # t_other: time spent outside training steps
-    bar = tqdm(total=args.max_iter, initial=it, disable=None if main else True, dynamic_ncols=True, desc=run.prefix)
+    bar = progress(total=args.max_iter, initial=it, desc=run.prefix)
     with StopRequest() as stop:
         while not stop.requested() and it < args.max_iter and not state['stopped_early']:   # asked first
             it += 1
@@ -314,7 +313,8 @@ def finish(run):
     """Final test-set evaluation, latent plot, curves and the run's summary; printed and logged by rank 0.
 
     With a validation set the model evaluated is the best one (checkpoints/<prefix>_best.pt); the last
-    iterate's test ELBO is logged beside it as last_test_elbo.
+    iterate's test ELBO is logged beside it as last_test_elbo. A 2-D run also gets log p(x) by quadrature and
+    the bounds' gaps to it, and its posterior figure, unless --exact 0.
     """
     args, model, pre, state = run.args, run.model, run.pre, run.state
     test_images = run.test[0]
@@ -331,9 +331,10 @@ def finish(run):
     if not distributed.is_main():
         return
     record = {'iter': state['iter'], 'final': True, 'skipped': state['skipped'], **best, **metrics}
-    if args.latent_dim == 2:   # log p(x) itself, by quadrature over z, and the gaps of the two bounds to it
-        exact = posterior2d.exact_log_px(model, pre, test_images).mean().item()
-        record.update(posterior2d.gaps(metrics, exact, binary=pre.binary, dims=test_images[0].numel()))
+    exact = args.latent_dim == 2 and args.exact
+    if exact:   # log p(x) itself, by quadrature over z, and the gaps of the two bounds to it
+        log_px = posterior2d.exact_log_px(model, pre, test_images).mean().item()
+        record.update(posterior2d.gaps(metrics, log_px, binary=pre.binary, dims=test_images[0].numel()))
     log_json(run.path('logs', '.jsonl'), record)
     steps = [(r['iter'], r['its_per_s']) for r in state['history']['train']]
     train_seconds = sum((it - prev) / speed for (prev, _), (it, speed) in zip([(0, None)] + steps, steps))
@@ -344,6 +345,7 @@ def finish(run):
     plotting.plot_curves(state['history'], run.path('plots', '_curves.png'))
     if args.latent_dim == 2:
         save_latent_plot(model, pre, *run.test, run.path('plots', '_latent.png'), run.prefix)
+    if exact:
         posterior2d.posterior_figure(model, pre, *run.test, run.path('plots', '_posterior.png'), run.prefix)
 
     which = f'the best model (iteration {best["best_iter"]} of {state["iter"]})' if best else f'iteration {state["iter"]}'
@@ -356,13 +358,13 @@ def finish(run):
         print(f'  {"-ELBO":<28}{metrics["test_bpd_elbo"]:>12.4f} bits/dim')
         if args.iw_samples:
             print(f'  {"-log p(x), " + iw:<28}{metrics["test_bpd_log_px_iw"]:>12.4f} bits/dim')
-        if args.latent_dim == 2:
+        if exact:
             print(f'  {"-log p(x), exact (grid)":<28}{record["test_bpd_log_px_exact"]:>12.4f} bits/dim')
         print('  log-density of the dequantized image y = (x + u)/256 in [0, 1)^D, in nats:')
     print(f'  {"ELBO":<28}{metrics["test_elbo"]:>12.3f} nats')
     if args.iw_samples:
         print(f'  {density + ", " + iw:<28}{metrics["test_log_px_iw"]:>12.3f} nats')
-    if args.latent_dim == 2:
+    if exact:
         print(f'  {density + ", exact (grid)":<28}{record["test_log_px_exact"]:>12.3f} nats')
         print(f'  {"  exact - ELBO (the KL)":<28}{record["test_gap_elbo"]:>12.3f} nats')
         if args.iw_samples:

@@ -1,4 +1,5 @@
-"""What every part of flow-vae leans on: one-line errors, atomic files, checkpoints, the device, output folders.
+"""What every part of flow-vae leans on: one-line errors, atomic files, checkpoints, the device, output folders,
+progress bars.
 
 It imports nothing of the project's but distributed.py, so any module may import it.
 """
@@ -11,6 +12,7 @@ import tempfile
 import warnings
 
 import torch
+from tqdm import tqdm
 
 import distributed
 
@@ -163,3 +165,9 @@ def _log_iteration(line):
         return json.loads(line)['iter']
     except ValueError:
         return math.inf
+
+
+def progress(iterable=None, **kw):
+    """A tqdm bar over `iterable` (keyword arguments: tqdm's), on rank 0 only and only when stderr is a terminal
+    (tqdm's disable=None), so logs and pipes get none."""
+    return tqdm(iterable, disable=None if distributed.is_main() else True, dynamic_ncols=True, **kw)

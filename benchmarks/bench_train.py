@@ -24,10 +24,19 @@ sync per step (the step as it was: the non-finite flag read on the host), the ea
 torch.utils.flop_counter) against a torch.mm measured in the same run. --iw K N times the
 importance-weighted evaluation (evaluate.evaluate, as the final test evaluation runs it) of the
 latent-40 amortized planar-16 model on N images with K samples each.
+
+    python benchmarks/bench_train.py --original PATH/static_flow_vae.py [--iters 200] [--repeats 3]
+
+--original times the original repo's own script, static planar-16 at latent 2, beside the baseline and our loop
+with --compile 1 --precision bf16, interleaved --repeats times. PATH/static_flow_vae.py is a copy of the original
+(github.com/fmu2/flow-VAE) patched only to run on the CPU: `.cuda()` dropped, the device "cpu", its MNIST root
+--data_dir; it runs unchanged in a subprocess in PATH (which needs a plots/ folder), and the end of each Adam step
+is recorded, so that the timed iterations are those of its loop alone.
 """
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from types import SimpleNamespace
@@ -145,6 +154,51 @@ def baseline(args, build, data_dir, iters):
             if it == iters:
                 break
     return (iters - 10) / (time.perf_counter() - start)
+
+
+# runs the script given as argv[1] with the rest of argv, recording when each Adam step ends; prints its it/s
+ORIGINAL_TIMER = """
+import runpy, sys, time
+import torch
+ends, step = [], torch.optim.Adam.step
+def timed_step(self, *args, **kwargs):
+    out = step(self, *args, **kwargs)
+    ends.append(time.perf_counter())
+    return out
+torch.optim.Adam.step = timed_step
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+print((len(ends) - 10) / (ends[-1] - ends[9]))
+"""
+
+
+def original(script, iters):
+    """Iterations per second of the original repo's loop at `script` (see the module's docstring), static
+    planar-16 at latent 2, over its iterations after the first 10."""
+    argv = [script, '--flow', 'planar', '--length', '16', '--latent_dim', '2', '--max_iter', str(iters)]
+    done = subprocess.run([sys.executable, '-c', ORIGINAL_TIMER, *argv], cwd=os.path.dirname(os.path.abspath(script)),
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def original_report(args, images, labels):
+    """--original: the original script, the baseline and our compiled bf16 loop, interleaved --repeats times."""
+    cfg, build = config(flow='planar'), static_flow_vae.build_model
+    loops = {'original script': lambda: original(args.original, args.iters),
+             'baseline': lambda: baseline(cfg, build, args.data_dir, args.iters),
+             'ours, compiled bf16': lambda: ours(cfg, build, images, labels, args.iters, compile=True,
+                                                 precision='bf16')}
+    rates = {label: [] for label in loops}
+    for _ in range(args.repeats):   # interleaved, so that the machine's slow spells fall on every loop
+        for label, loop in loops.items():
+            rates[label].append(loop())
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads; static MLP planar-16, latent 2: it/s over '
+          f'{args.iters - 10} iterations, median of {args.repeats} interleaved measurements (range): ratio to the '
+          'original script')
+    reference = statistics.median(rates['original script'])
+    for label, measured in rates.items():
+        rate = statistics.median(measured)
+        print(f'  {label:<20}{rate:>7.1f} ({min(measured):.1f}-{max(measured):.1f}): {rate / reference:.1f}x')
 
 
 def step_parts(args, build, images, labels, iters, compile=False, precision='fp32'):
@@ -352,12 +406,16 @@ def main():
                         'without the host sync, whose medians are compared')
     p.add_argument('--iw', type=int, nargs=2, metavar=('K', 'N'), help='--steps_only: time IW evaluation, K samples, '
                                                                       'N test images')
+    p.add_argument('--original', metavar='SCRIPT', help="only the original repo's static_flow_vae.py at SCRIPT, "
+                                                        'patched to run on the CPU, beside ours (docstring)')
     p.add_argument('--real_test_images', type=int, default=1, choices=(0, 1),
                    help='--iw: the MNIST test images under --data_dir (0: random ones)')
     args = p.parse_args()
     images, labels = datasets.load_split('mnist', args.data_dir, train=True, log=lambda *_: None)
     if args.steps_only:
         return steps_report(args, images, labels)
+    if args.original:
+        return original_report(args, images, labels)
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads; torch.mm 1024^3: {mm_gflops():.1f} GFLOP/s')
 
     mlp, conv = static_flow_vae.build_model, static_flow_conv_vae.build_model

@@ -24,6 +24,7 @@ import datasets  # noqa: E402
 import evaluate  # noqa: E402
 from data_utils import mnist_test_set  # noqa: E402
 from trained import flow_label, trained_model  # noqa: E402
+from utils import progress  # noqa: E402
 from vae import LOG_2PI, elbo, kl_term  # noqa: E402
 
 ACTIVE = 0.01   # Burda et al.'s threshold on the variance over x of the posterior mean
@@ -45,7 +46,7 @@ def elbo_terms(model, pre, images, batch_size=evaluate.EVAL_BATCH):
     last in nats per image, each batch's noise seeded as evaluate.evaluate seeds the test ELBO's."""
     sums, means = dict.fromkeys(('elbo', 'reconstruction', 'kl', 'log_det', 'q0_entropy'), 0.0), []
     with evaluate.eval_rng(images.device):
-        for start in range(0, images.shape[0], batch_size):
+        for start in progress(range(0, images.shape[0], batch_size), desc='ELBO terms', unit='batch', leave=False):
             evaluate.seed_batch(0, start)
             x, log_det_pre = pre(images[start:start + batch_size], train=False)
             terms = model(x)

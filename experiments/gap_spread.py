@@ -20,6 +20,7 @@ import datasets  # noqa: E402
 import posterior2d  # noqa: E402
 from data_utils import mnist_test_set  # noqa: E402
 from trained import flow_label, trained_model  # noqa: E402
+from utils import progress  # noqa: E402
 from vae import elbo  # noqa: E402
 
 SAMPLES = 100
@@ -30,7 +31,7 @@ QUANTILES = (0.1, 0.5, 0.9, 0.99)
 def elbo_per_image(model, x, samples=SAMPLES, batch_size=100):
     """Each image's ELBO averaged over `samples` draws, and its standard error: x (N, C, H, W) -> (N,), (N,)."""
     means, errors = [], []
-    for start in range(0, x.shape[0], batch_size):
+    for start in progress(range(0, x.shape[0], batch_size), desc=f'ELBO, {samples} draws', unit='batch', leave=False):
         xb = x[start:start + batch_size]
         draws = elbo(model(xb.repeat(samples, 1, 1, 1)), model.has_flow).view(samples, -1)   # (S, B)
         means.append(draws.mean(0))

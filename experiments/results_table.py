@@ -6,9 +6,10 @@ RUN is MODEL_MODE_FLOW or MODEL_MODE_FLOW_seedN (e.g. mlp_amortized_planar_seed1
 run's log) and, from runs made since summaries exist, summary.json (flags, device, time). A run's numbers are
 its log's last final record; runs of one model that differ only in seed are one row, mean ± standard deviation.
 Test-set numbers, in nats for binary data and bits/dim for 8-bit data; with a validation set they are those of
-the best checkpoint, whose iteration (and epoch) the table gives. `--curves` draws the validation ELBO against
-the epoch for the plain VAE and each amortized flow (seed 0), and prints at how many evaluations each flow
-is ahead of the plain VAE.
+the best checkpoint, whose iteration (and epoch) the table gives. Under it, the differences the prose quotes: each
+row's lead in test ELBO and IW (nats) over the plain VAE and over amortized planar, the means subtracted before
+rounding. `--curves` draws the validation ELBO against the epoch for the plain VAE and each amortized flow (seed
+0), and prints at how many evaluations each flow is ahead of the plain VAE.
 """
 import argparse
 import glob
@@ -60,10 +61,8 @@ def table(section):
         return
     binary = 'test_bpd_elbo' not in next(iter(runs.values()))[0][1]
     unit, key, digits = ('nats', 'test_', 2) if binary else ('bits/dim', 'test_bpd_', 4)
-    order = {flow: i for i, flow in enumerate(FLOW_ORDER)}
     rows = []
-    for (model, mode, flow), group in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][2] != 'none', kv[0][1],
-                                                                              order.get(kv[0][2], len(order)), kv[0][2])):
+    for (model, mode, flow), group in sorted(runs.items(), key=lambda kv: row_order(kv[0])):
         finals = [final for _, final, _ in group]
 
         def values(name, minus=None):   # a metric over the seeds that have it, or its difference to another
@@ -87,8 +86,50 @@ def table(section):
             'best validation ELBO': cell(values('best_val_elbo'), 2),
             'best iteration (epoch)': ', '.join(best) or '–',
             'it/s': cell([s['its_per_s'] for _, _, s in group if s.get('its_per_s')], 0)})
-    columns = [c for c in rows[0] if any(row[c] != '–' for row in rows)]   # drop the columns no run has
-    print(f'\n{section} (test set, {unit})\n')
+    print_rows(rows, f'\n{section} (test set, {unit})')
+    print_rows(lead_rows(runs), '\nleads in nats, flow − reference: the unrounded means over seeds subtracted, then '
+                                'rounded once')
+
+
+def row_order(key):
+    """Sort key of a row (model, mode, flow): by model, the plain VAE first, then by mode and FLOW_ORDER."""
+    model, mode, flow = key
+    rank = FLOW_ORDER.index(flow) if flow in FLOW_ORDER else len(FLOW_ORDER)
+    return model, flow != 'none', mode, rank, flow
+
+
+def mean_of(group, name):
+    """The unrounded mean of metric `name` over the seeds of a row that have it, or None."""
+    found = [final[name] for _, final, _ in group if name in final]
+    return statistics.mean(found) if found else None
+
+
+def lead_rows(runs):
+    """The differences the prose quotes: for each row but the plain VAE, its mean test ELBO and IW (nats) minus
+    those of the plain VAE (the same model, static, none) and of amortized planar, each from unrounded means and
+    rounded once to 2 decimals; '–' where a mean is missing."""
+    rows = []
+    for model, mode, flow in sorted(runs, key=row_order):
+        if flow == 'none':
+            continue
+        row = {'model': f'{model} {mode}', 'flow': flow}
+        references = (('none', (model, 'static', 'none')), ('amortized planar', (model, 'amortized', 'planar')))
+        for against, reference in references:
+            for label, name in (('ELBO', 'test_elbo'), ('IW', 'test_log_px_iw')):
+                ours, theirs = mean_of(runs[model, mode, flow], name), mean_of(runs.get(reference, []), name)
+                lead = ours is not None and theirs is not None and reference != (model, mode, flow)
+                row[f'{label} − {against}'] = f'{ours - theirs:+.2f}' if lead else '–'
+        rows.append(row)
+    return rows
+
+
+def print_rows(rows, title):
+    """A markdown table of `rows` (dicts of cells) under `title`, without the columns where every cell is '–' (no
+    run has it); nothing when only the model and flow columns would be left."""
+    columns = [c for c in rows[0] if any(row[c] != '–' for row in rows)] if rows else []
+    if columns in ([], ['model', 'flow']):
+        return
+    print(f'{title}\n')
     print('| ' + ' | '.join(columns) + ' |')
     print('|' + '|'.join('---' if c in ('model', 'flow') else '---:' for c in columns) + '|')
     for row in rows:

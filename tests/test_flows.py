@@ -541,8 +541,8 @@ def test_iaf_made_connects_exactly_the_earlier_variables(dim, reverse, amortized
         step = perturb(IAFStep(dim, CONTEXT_DIM if amortized else None, reverse=reverse), scale=0.5, seed=seed)
         z, context = inputs(dim, amortized, batch=3, seed=seed)
         for i in range(3):
-            ctx = None if context is None else context[i:i + 1]
-            J = torch.stack(jacobian(lambda x: step.made(x[None], ctx), z[i]))[:, 0]   # (m or s, D, D)
+            shift = step.context_shift(z[i:i + 1], None if context is None else context[i:i + 1])
+            J = torch.stack(jacobian(lambda x: step.made(x[None], shift), z[i]))[:, 0]   # (m or s, D, D)
             J = J[:, order][:, :, order]
             assert (J[:, ~earlier] == 0).all()
             reached |= J != 0

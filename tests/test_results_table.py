@@ -50,7 +50,8 @@ def test_collect_copies_finished_runs_only(section):
 
 def test_table_rows_are_last_finals_over_seeds(section, capsys):
     results_table.table(str(section))
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('|')]
+    table, leads = capsys.readouterr().out.split('\nleads in nats')
+    lines = [line for line in table.splitlines() if line.startswith('|')]
     header = [c.strip() for c in lines[0].strip('|').split('|')]
     rows = {tuple(c.strip() for c in line.strip('|').split('|'))[1]: line for line in lines[2:]}
     # no run has a validation set: those columns are dropped; the 2-D ones are there
@@ -62,6 +63,7 @@ def test_table_rows_are_last_finals_over_seeds(section, capsys):
     cells = dict(zip(header, (c.strip() for c in rows['none'].strip('|').split('|'))))
     assert cells['exact − IW'] == '2.00' and cells['K'] == '1000' and cells['it/s'] == '40'
     assert lines[2].split('|')[2].strip() == 'none'   # the plain VAE first
+    assert '| mlp amortized | planar | +0.00 | +0.50 |' in leads   # ELBO -140 and IW -136.5 against -140, -137
 
 
 def test_gaps_keep_their_sign(tmp_path, capsys):
@@ -92,3 +94,30 @@ def test_seed0_curves_reads_validation_records_in_epochs(tmp_path):
     write_run(tmp_path / 'runs' / 'mlp_amortized_planar_seed1', records, summary)   # not seed 0: left out
     collect_results.collect(str(tmp_path / 'runs'), str(tmp_path / 'results'))
     assert results_table.seed0_curves(str(tmp_path / 'results')) == {'none': [(5.0, -99.0), (10.0, -98.0)]}
+
+
+def test_collected_summary_has_no_machine_paths(tmp_path):
+    run = tmp_path / 'runs' / 'mlp_static_none'
+    config = {'dataset': 'mnist', 'data_dir': '/data/mnist', 'seed': 0, 'out_dir': str(run),
+              'resume': str(run / 'checkpoints' / 'prefix.pt'), 'eval_only': True}
+    write_run(run, [final(-97.0)], {'script': 'static_flow_vae.py', 'config': config, 'test_elbo': -97.0})
+    collect_results.collect(str(tmp_path / 'runs'), str(tmp_path / 'results'))
+    with open(tmp_path / 'results' / 'mlp_static_none' / 'summary.json') as f:
+        summary = json.load(f)
+    # the flags in their order less data_dir and out_dir; resume relative to the run folder; the rest as it was
+    assert summary == {'script': 'static_flow_vae.py', 'test_elbo': -97.0, 'config': {
+        'dataset': 'mnist', 'seed': 0, 'resume': os.path.join('checkpoints', 'prefix.pt'), 'eval_only': True}}
+    assert list(summary['config']) == ['dataset', 'seed', 'resume', 'eval_only']
+
+
+def test_leads_subtract_unrounded_means():
+    runs = {('mlp', 'static', 'none'): [(0, final(-100.006, -90.0), {})],
+            ('mlp', 'amortized', 'planar'): [(0, final(-98.990), {}), (1, final(-98.998), {})],   # mean -98.994
+            ('mlp', 'static', 'nice'): [(0, final(-99.5, -89.25), {})]}
+    rows = {row['flow']: row for row in results_table.lead_rows(runs)}
+    assert 'none' not in rows
+    # 1.012 rounded once, where the rounded means (-98.99, -100.01) would give 1.02; planar has no IW: '–'
+    assert rows['planar'] == {'model': 'mlp amortized', 'flow': 'planar', 'ELBO − none': '+1.01', 'IW − none': '–',
+                              'ELBO − amortized planar': '–', 'IW − amortized planar': '–'}
+    assert rows['nice']['ELBO − none'] == '+0.51' and rows['nice']['IW − none'] == '+0.75'
+    assert rows['nice']['ELBO − amortized planar'] == '-0.51'

@@ -2,6 +2,7 @@
 early stopping."""
 import argparse
 import inspect
+import json
 import math
 import os
 import shutil
@@ -15,6 +16,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import data_utils
 import datasets
 import evaluate
+import posterior2d
 import static_flow_vae
 import train
 from devices import CUDA, DEVICES
@@ -200,6 +202,31 @@ def test_iw_samples_0_skips_the_estimate_and_eval_only_adds_it(data_root, tmp_pa
     _, records = read_log(out)
     assert records[-1]['iw_samples'] == 4
     assert math.isfinite(records[-1]['test_log_px_iw'])
+
+
+def test_exact_0_skips_the_quadrature_of_a_2d_run_and_eval_only_adds_it(data_root, tmp_path, monkeypatch):
+    """A 2-D run with --exact 0 never calls the quadrature: no exact log p(x), gaps or posterior figure in its log,
+    summary and plots; --eval_only --exact 1 on its checkpoint then reports them."""
+    calls = []
+    monkeypatch.setattr(posterior2d, 'exact_log_px', lambda *a, **k: calls.append('exact_log_px'))
+    monkeypatch.setattr(posterior2d, 'posterior_figure', lambda *a, **k: calls.append('posterior_figure'))
+    out = str(tmp_path)
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--latent_dim', '2', '--flow', 'planar', '--exact', '0',
+             '--data_dir', data_root, '--out_dir', out]
+    assert run_script('static_flow_vae.py', flags) == 0
+    assert calls == []
+    prefix, records = read_log(out)
+    with open(os.path.join(out, 'logs', f'{prefix}_summary.json')) as f:
+        summary = json.load(f)
+    for final in (records[-1], summary):
+        assert final['final'] and 'test_log_px_iw' in final
+        assert not {'test_log_px_exact', 'test_gap_elbo', 'test_gap_iw'} & final.keys()
+    assert os.path.exists(os.path.join(out, 'plots', f'{prefix}_latent.png'))
+    monkeypatch.undo()
+    resume = os.path.join(out, 'checkpoints', f'{prefix}.pt')
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--eval_only', '--exact', '1']) == 0
+    _, records = read_log(out)
+    assert records[-1]['test_gap_elbo'] == pytest.approx(records[-1]['test_log_px_exact'] - records[-1]['test_elbo'])
 
 
 @pytest.mark.parametrize('device,mode', [('cpu', 1), pytest.param('cuda', 1, marks=CUDA.marks),
