@@ -314,7 +314,8 @@ class OrthogonalSylvesterFlow(SylvesterFlow):
 class HouseholderSylvesterFlow(SylvesterFlow):
     """Sylvester flow with Q = H_H ⋯ H_1 (D x D), H_k = I − 2 v_k v_kᵀ/‖v_k‖², `householders` vectors v_k.
 
-    Q is formed by reflecting the identity, O(HD²) per matrix (per example when amortized).
+    Q is never formed: Qᵀz and Qy apply the H reflections to the vectors, O(HBD) per step, where forming Q
+    (per example when amortized) would cost O(HBD²).
     """
 
     def __init__(self, dim, context_dim=None, householders=HOUSEHOLDERS):
@@ -324,11 +325,20 @@ class HouseholderSylvesterFlow(SylvesterFlow):
         self.householders = householders
 
     def basis(self, q):
-        vs = q.unflatten(-1, (self.householders, self.dim))                # (H, D) or (B, H, D)
-        rows = torch.eye(self.dim, dtype=q.dtype, device=q.device)         # rows of Qᵀ = I H_1 ⋯ H_H
+        """The vectors v_1, …, v_H: (H, D), or (B, H, D) amortized."""
+        return q.unflatten(-1, (self.householders, self.dim))
+
+    def project(self, z, vs):
+        """Qᵀz = H_1 ⋯ H_H z."""
+        for v in reversed(vs.unbind(-2)):
+            z = reflect(z, v)
+        return z
+
+    def lift(self, y, vs):
+        """Q y = H_H ⋯ H_1 y."""
         for v in vs.unbind(-2):
-            rows = reflect(rows, v.unsqueeze(-2))
-        return rows.mT
+            y = reflect(y, v)
+        return y
 
 
 class TriangularSylvesterFlow(SylvesterFlow):

@@ -396,8 +396,14 @@ def test_planar_u_hat_stays_bounded_as_w_vanishes(w_norm, amortized):
 
 
 def sylvester_basis(step, z, context):
-    """The Q (D, M), or (B, D, M) amortized, that a Sylvester step uses on z."""
-    return step.basis(step.params(z, context).split(step.sizes, dim=-1)[-1])
+    """The Q (D, M), or (B, D, M) amortized, that a Sylvester step uses on z: its `lift` of the identity's
+    columns (sylvester-householder never forms Q)."""
+    q = step.params(z, context).split(step.sizes, dim=-1)[-1]
+    eye = torch.eye(step.m, dtype=z.dtype)
+    if q.dim() == 1:
+        return step.lift(eye, step.basis(q)).mT                          # (M, D) -> (D, M)
+    columns = step.lift(eye[:, None, :].expand(step.m, len(z), step.m), step.basis(q))   # (M, B, D)
+    return columns.permute(1, 2, 0)
 
 
 @pytest.mark.parametrize('make,columns', [
