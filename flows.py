@@ -314,8 +314,9 @@ class OrthogonalSylvesterFlow(SylvesterFlow):
 class HouseholderSylvesterFlow(SylvesterFlow):
     """Sylvester flow with Q = H_H ⋯ H_1 (D x D), H_k = I − 2 v_k v_kᵀ/‖v_k‖², `householders` vectors v_k.
 
-    Q is never formed: Qᵀz and Qy apply the H reflections to the vectors, O(HBD) per step, where forming Q
-    (per example when amortized) would cost O(HBD²).
+    Static, Q (D, D) is formed once per step by reflecting the identity, O(HD²). Amortized, it is never
+    formed: Qᵀz and Qy apply each example's H reflections to its vectors, O(HBD) per step, where forming Q
+    per example would cost O(HBD²).
     """
 
     def __init__(self, dim, context_dim=None, householders=HOUSEHOLDERS):
@@ -325,18 +326,28 @@ class HouseholderSylvesterFlow(SylvesterFlow):
         self.householders = householders
 
     def basis(self, q):
-        """The vectors v_1, …, v_H: (H, D), or (B, H, D) amortized."""
-        return q.unflatten(-1, (self.householders, self.dim))
+        """Static: Q (D, D). Amortized: the vectors v_1, …, v_H (B, H, D), which `project` and `lift` apply."""
+        vs = q.unflatten(-1, (self.householders, self.dim))                # (H, D) or (B, H, D)
+        if vs.dim() == 3:
+            return vs
+        rows = torch.eye(self.dim, dtype=q.dtype, device=q.device)         # rows of Qᵀ = I H_1 ⋯ H_H
+        for v in vs:
+            rows = reflect(rows, v)
+        return rows.mT
 
-    def project(self, z, vs):
+    def project(self, z, Q):
         """Qᵀz = H_1 ⋯ H_H z."""
-        for v in reversed(vs.unbind(-2)):
+        if Q.dim() == 2:
+            return super().project(z, Q)
+        for v in reversed(Q.unbind(-2)):
             z = reflect(z, v)
         return z
 
-    def lift(self, y, vs):
+    def lift(self, y, Q):
         """Q y = H_H ⋯ H_1 y."""
-        for v in vs.unbind(-2):
+        if Q.dim() == 2:
+            return super().lift(y, Q)
+        for v in Q.unbind(-2):
             y = reflect(y, v)
         return y
 
