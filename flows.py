@@ -314,9 +314,9 @@ class OrthogonalSylvesterFlow(SylvesterFlow):
 class HouseholderSylvesterFlow(SylvesterFlow):
     """Sylvester flow with Q = H_H ⋯ H_1 (D x D), H_k = I − 2 v_k v_kᵀ/‖v_k‖², `householders` vectors v_k.
 
-    Static, Q (D, D) is formed once per step by reflecting the identity, O(HD²). Amortized, it is never
-    formed: Qᵀz and Qy apply each example's H reflections to its vectors, O(HBD) per step, where forming Q
-    per example would cost O(HBD²).
+    Q is formed by reflecting the identity, O(HD²) per matrix, when it serves many rows: static, or amortized
+    with S samples per example (the IW estimate). In training, with one row per example, the amortized step
+    instead applies each example's H reflections to its z, O(HBD), where forming Q would cost O(HBD²).
     """
 
     def __init__(self, dim, context_dim=None, householders=HOUSEHOLDERS):
@@ -326,28 +326,29 @@ class HouseholderSylvesterFlow(SylvesterFlow):
         self.householders = householders
 
     def basis(self, q):
-        """Static: Q (D, D). Amortized: the vectors v_1, …, v_H (B, H, D), which `project` and `lift` apply."""
-        vs = q.unflatten(-1, (self.householders, self.dim))                # (H, D) or (B, H, D)
-        if vs.dim() == 3:
-            return vs
-        rows = torch.eye(self.dim, dtype=q.dtype, device=q.device)         # rows of Qᵀ = I H_1 ⋯ H_H
-        for v in vs:
-            rows = reflect(rows, v)
+        """The vectors v_1, …, v_H: (H, D), or (B, H, D) amortized."""
+        return q.unflatten(-1, (self.householders, self.dim))
+
+    def matrix(self, vs):
+        """Q = H_H ⋯ H_1: (D, D), or (B, D, D) amortized."""
+        rows = torch.eye(self.dim, dtype=vs.dtype, device=vs.device)       # rows of Qᵀ = I H_1 ⋯ H_H
+        for v in vs.unbind(-2):
+            rows = reflect(rows, v.unsqueeze(-2))
         return rows.mT
 
-    def project(self, z, Q):
+    def project(self, z, vs):
         """Qᵀz = H_1 ⋯ H_H z."""
-        if Q.dim() == 2:
-            return super().project(z, Q)
-        for v in reversed(Q.unbind(-2)):
+        if vs.dim() == 2 or z.dim() > 2:
+            return vecmat(z, self.matrix(vs))
+        for v in reversed(vs.unbind(-2)):
             z = reflect(z, v)
         return z
 
-    def lift(self, y, Q):
+    def lift(self, y, vs):
         """Q y = H_H ⋯ H_1 y."""
-        if Q.dim() == 2:
-            return super().lift(y, Q)
-        for v in Q.unbind(-2):
+        if vs.dim() == 2 or y.dim() > 2:
+            return vecmat(y, self.matrix(vs).mT)
+        for v in vs.unbind(-2):
             y = reflect(y, v)
         return y
 
