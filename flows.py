@@ -326,8 +326,10 @@ class HouseholderSylvesterFlow(SylvesterFlow):
         self.householders = householders
 
     def basis(self, q):
-        """The vectors v_1, …, v_H: (H, D), or (B, H, D) amortized."""
-        return q.unflatten(-1, (self.householders, self.dim))
+        """Static: Q (D, D). Amortized: the vectors v_1, …, v_H (B, H, D), from which `project` and `lift`
+        form each example's Q (many rows per example) or reflect its z (one row)."""
+        vs = q.unflatten(-1, (self.householders, self.dim))
+        return self.matrix(vs) if vs.dim() == 2 else vs
 
     def matrix(self, vs):
         """Q = H_H ⋯ H_1: (D, D), or (B, D, D) amortized."""
@@ -336,21 +338,21 @@ class HouseholderSylvesterFlow(SylvesterFlow):
             rows = reflect(rows, v.unsqueeze(-2))
         return rows.mT
 
-    def project(self, z, vs):
+    def project(self, z, Q):
         """Qᵀz = H_1 ⋯ H_H z."""
-        if vs.dim() == 2 or z.dim() > 2:
-            return vecmat(z, self.matrix(vs))
-        for v in reversed(vs.unbind(-2)):
-            z = reflect(z, v)
-        return z
+        if Q.dim() == 3 and z.dim() == 2:
+            for v in reversed(Q.unbind(-2)):
+                z = reflect(z, v)
+            return z
+        return vecmat(z, Q if Q.dim() == 2 else self.matrix(Q))
 
-    def lift(self, y, vs):
+    def lift(self, y, Q):
         """Q y = H_H ⋯ H_1 y."""
-        if vs.dim() == 2 or y.dim() > 2:
-            return vecmat(y, self.matrix(vs).mT)
-        for v in vs.unbind(-2):
-            y = reflect(y, v)
-        return y
+        if Q.dim() == 3 and y.dim() == 2:
+            for v in Q.unbind(-2):
+                y = reflect(y, v)
+            return y
+        return vecmat(y, (Q if Q.dim() == 2 else self.matrix(Q)).mT)
 
 
 class TriangularSylvesterFlow(SylvesterFlow):
