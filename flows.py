@@ -251,8 +251,6 @@ class SylvesterFlow(FlowStep):
         super().__init__(dim, context_dim, torch.cat([0.1 * torch.randn(2 * tri + m), q_init]))
         self.m, self.sizes = m, (tri, tri, m, q_init.numel())
         rows, cols = torch.triu_indices(m, m)                              # the packed entries' places
-        self.register_buffer('rows', rows, persistent=False)
-        self.register_buffer('cols', cols, persistent=False)
         self.register_buffer('diagonal', torch.nonzero(rows == cols).squeeze(-1), persistent=False)   # (M,)
         # R's M² entries, row by row, taken from [0, the packed entries, tanh of their diagonal]
         source = torch.zeros(m, m, dtype=torch.long)

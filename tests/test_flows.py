@@ -438,7 +438,7 @@ def test_triangular_sylvester_basis_is_identity_or_reversal(reverse):
 def set_sylvester_diagonals(step, amortized, r_diag, r_tilde_diag):
     """Pin the raw (pre-tanh) diagonals of R and R̃ (M,) each, whatever the context."""
     tri = step.sizes[0]
-    where = torch.nonzero(step.rows == step.cols).squeeze(-1)
+    where = step.diagonal
     with torch.no_grad():
         for offset, values in ((0, r_diag), (tri, r_tilde_diag)):
             if amortized:
