@@ -29,8 +29,8 @@ import distributed
 import plotting
 import posterior2d
 from evaluate import bits_per_dim, evaluate, save_latent_plot, save_pictures
-from utils import (Diverged, UsageError, device_name, load_checkpoint, log_json, pick_device, prepare_out_dirs,
-                   progress, save_checkpoint, truncate_log, write_json)
+from utils import (Diverged, UsageError, atomic_write, device_name, load_checkpoint, log_json, pick_device,
+                   prepare_out_dirs, progress, save_checkpoint, truncate_log, write_json)
 from vae import training_loss
 
 FUSED_ADAM_DEVICES = ('cpu', 'cuda')   # where torch has a fused Adam kernel: one kernel for all parameters
@@ -464,7 +464,8 @@ def carry_best(run):
     source = os.path.join(os.path.dirname(run.args.resume), os.path.basename(best))
     if run.state['best'] is not None and os.path.isfile(source) \
             and not (os.path.exists(best) and os.path.samefile(source, best)):
-        shutil.copyfile(source, best)
+        with open(source, 'rb') as src:   # atomically: a kill mid-copy leaves no torn checkpoint
+            atomic_write(best, lambda f: shutil.copyfileobj(src, f))
 
 
 def main(parser, script, build_model, arch, check_script_args=None, argv=None):
