@@ -310,7 +310,8 @@ def train(run):
 
 
 def finish(run):
-    """Final test-set evaluation, latent plot, curves and the run's summary; printed and logged by rank 0.
+    """Final test-set evaluation, its model's samples and reconstructions, latent plot, curves and the run's
+    summary; printed and logged by rank 0.
 
     With a validation set the model evaluated is the best one (checkpoints/<prefix>_best.pt); the last
     iterate's test ELBO is logged beside it as last_test_elbo. A 2-D run also gets log p(x) by quadrature and
@@ -342,7 +343,9 @@ def finish(run):
         'script': run.script, 'config': vars(args), **record,
         'train_seconds': train_seconds, 'its_per_s': state['iter'] / train_seconds if train_seconds else None,
         'device': device_name(test_images.device), 'threads': torch.get_num_threads(), 'torch': torch.__version__})
-    plotting.plot_curves(state['history'], run.path('plots', '_curves.png'))
+    if state['history']['train']:   # a model file (utils.model_file) has no training history
+        plotting.plot_curves(state['history'], run.path('plots', '_curves.png'))
+    save_pictures(model, pre, test_images, args, run.paths, run.prefix, best.get('best_iter', state['iter']))
     if args.latent_dim == 2:
         save_latent_plot(model, pre, *run.test, run.path('plots', '_latent.png'), run.prefix)
     if exact:
@@ -382,6 +385,9 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
     ckpt = None
     if args.resume:
         ckpt = load_checkpoint(args.resume, script)
+        if 'optimizer' not in ckpt and not args.eval_only:
+            raise UsageError(f'{args.resume} holds a model alone, no optimizer state: evaluate it with --eval_only, '
+                             'or resume training from its run\'s checkpoints/<prefix>.pt')
         config.merge_config(args, ckpt, config.explicit_flags(parser, argv), args.resume)
     config.check_args(args)
     image_shape = datasets.image_shape(args.dataset)
@@ -412,7 +418,8 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
     if ckpt:
         try:
             model.load_state_dict(ckpt['model'])
-            optimizer.load_state_dict(ckpt['optimizer'])
+            if 'optimizer' in ckpt:
+                optimizer.load_state_dict(ckpt['optimizer'])
         except (RuntimeError, ValueError, KeyError) as e:
             raise UsageError(f'{args.resume} does not match this model: {str(e).splitlines()[0]}') from None
         for group in optimizer.param_groups:
@@ -441,7 +448,7 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
                                  distributed.rank(), world)
     test = (test_images.to(device), test_labels.to(device))
     monitor = (val_images.to(device), 'val') if args.val_size else (test[0], 'test')
-    if ckpt:
+    if ckpt and 'batches' in ckpt:
         batches.load_state_dict(ckpt['batches'])
         torch.set_rng_state(ckpt['rng']['cpu'])
         if ckpt['rng']['cuda'] and device.type == 'cuda':

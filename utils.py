@@ -84,12 +84,20 @@ def load_checkpoint(path, script, source='--resume'):
             detail = [line for line in str(e).splitlines() if line.strip().startswith('Unsupported')]
             reason = f'not a file of tensors and plain data ({detail[0].strip() if detail else "unreadable"})'
         raise UsageError(f'cannot load checkpoint {path}: {reason}') from None
-    needed = ('script', 'config', 'iter', 'model', 'optimizer')
+    needed = ('script', 'config', 'iter', 'model')   # a model file (model_file) has no optimizer state
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
         raise UsageError(f'{path} is not a flow-vae checkpoint (it lacks {needed}): pass a file from checkpoints/')
     if script is not None and ckpt['script'] != script:
         raise UsageError(f'{path} was made by {ckpt["script"]}, not {script}: resume it with that script')
     return ckpt
+
+
+def model_file(ckpt):
+    """A checkpoint cut to what evaluating or sampling its model needs: the script, its flags (without the
+    machine's data_dir, out_dir and resume), the iteration and the weights; no optimizer, data order or RNG.
+    `--eval_only --resume` reads it; training cannot continue from it."""
+    config = {key: value for key, value in ckpt['config'].items() if key not in ('data_dir', 'out_dir', 'resume')}
+    return {'script': ckpt['script'], 'config': config, 'iter': ckpt['iter'], 'model': ckpt['model']}
 
 
 def pick_device(name):

@@ -1,7 +1,7 @@
 """The 40-D amortized training step, part by part, for the flows whose context layer is large.
 
     python benchmarks/bench_amortized.py [--rounds 5] [--iters 10] [--variants planar iaf ...] [--modes ...]
-                                         [--steps_only]
+                                         [--steps_only] [--device cuda]
 
 The model is the mnist40 MLP (2 x 400, latent 40, flows of length 16, batch 128, random binary images), on
 one thread. For each variant (amortized planar, IAF, sylvester-orthogonal at M = 8, 16, 40,
@@ -20,7 +20,8 @@ each compiled on its own in the compiled modes, and beside each part its floor: 
 the same run at the context layer's shape. Then the whole training step (train.train_step) of every
 variant in each mode, timed in interleaved rounds so that a change of load hits all variants alike, its
 it/s as a ratio to amortized planar's, and the hours a full-budget run (390,000 iterations) takes on one
-core at that speed.
+core at that speed. With --device cuda (--steps_only) the whole steps run on the GPU, and the hours are those of
+one GPU.
 """
 import argparse
 import os
@@ -170,18 +171,20 @@ def profile(variant, modes, iters, rates):
     return table, floors
 
 
-def whole_steps(variants, modes, rounds, iters):
-    """{mode: {variant: it/s}}: train.train_step, the variants interleaved in each of `rounds` rounds."""
+def whole_steps(variants, modes, rounds, iters, device):
+    """{mode: {variant: it/s}}: train.train_step on `device`, the variants interleaved in each of `rounds` rounds
+    (each step ends in a host sync: its loss is read)."""
     steps = {}
     for mode in modes:
         for variant in variants:
             args = flags(variant, mode)
             torch.manual_seed(0)
-            model = static_flow_vae.build_model(args, (1, 28, 28))
+            model = static_flow_vae.build_model(args, (1, 28, 28)).to(device)
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
             params = list(model.parameters())
             net = torch.compile(model) if args.compile else model
-            x, zero = (torch.rand(BATCH, 1, 28, 28) < 0.3).float(), torch.zeros(BATCH)
+            x = (torch.rand(BATCH, 1, 28, 28, device=device) < 0.3).float()
+            zero = torch.zeros(BATCH, device=device)
 
             def step(model=model, optimizer=optimizer, params=params, net=net, x=x, zero=zero, args=args):
                 train.train_step(model, optimizer, params, x, zero, args, 1, net)[0].item()
@@ -202,16 +205,25 @@ def main():
     p.add_argument('--rounds', type=int, default=5, help='interleaved rounds of the whole-step timing (default 5)')
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES), help='default: all three')
     p.add_argument('--steps_only', action='store_true', help='time the whole step only, not its parts')
+    p.add_argument('--device', default='cpu', help='where the whole steps run (default cpu; another needs '
+                                                   '--steps_only)')
     args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type != 'cpu' and not args.steps_only:
+        p.error(f'--device {args.device} times the whole steps only: add --steps_only')
     torch.set_num_threads(1)
     torch._dynamo.config.recompile_limit = 64             # one forward compiled for many models in one process
     torch._dynamo.config.accumulated_recompile_limit = 4096
     torch._inductor.config.fallback_random = True
     variants = ['planar'] + [v for v in args.variants if v != 'planar']
-    rates = mm_rates(1680)
-    print(f'torch {torch.__version__}, 1 thread on {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; '
-          f'MLP 2x{HIDDEN}, latent {LATENT}, length {LENGTH}, batch {BATCH}; torch.mm ({BATCH}x{HIDDEN}) @ '
-          f'({HIDDEN}x1680): {rates[torch.float32]:.0f} GFLOP/s float32, {rates[torch.bfloat16]:.0f} bfloat16')
+    where = (torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type) \
+        if device.type != 'cpu' else f'1 thread on {os.cpu_count()} CPUs'
+    print(f'torch {torch.__version__}, {where}, load average {os.getloadavg()[0]:.1f}; '
+          f'MLP 2x{HIDDEN}, latent {LATENT}, length {LENGTH}, batch {BATCH}')
+    if not args.steps_only:
+        rates = mm_rates(1680)
+        print(f'torch.mm ({BATCH}x{HIDDEN}) @ ({HIDDEN}x1680): {rates[torch.float32]:.0f} GFLOP/s float32, '
+              f'{rates[torch.bfloat16]:.0f} bfloat16')
     for variant in [] if args.steps_only else variants:
         table, floors = profile(variant, args.modes, args.iters, rates)
         if variant == variants[0]:
@@ -223,9 +235,10 @@ def main():
             floor = ''.join(f'{f:>12.1f}' for f in floors[name]) if name in floors else f'{"":>24}'
             print(f'{variant:<15}{name:<15}' + ''.join(f'{table[m][name]:>14.1f}' for m in args.modes) + floor,
                   flush=True)
-    speeds = whole_steps(variants, args.modes, args.rounds, args.iters)
+    speeds = whole_steps(variants, args.modes, args.rounds, args.iters, device)
     print(f'\nwhole training step, it/s (median over {args.rounds} interleaved rounds of {args.iters} steps); '
-          f'ratio to amortized planar; hours of one core for {FULL_BUDGET:,} iterations')
+          f'ratio to amortized planar; hours of one {"core" if device.type == "cpu" else device.type} for '
+          f'{FULL_BUDGET:,} iterations')
     print(f'{"variant":<15}' + ''.join(f'{m:>14}{"ratio":>7}{"hours":>7}' for m in args.modes))
     for variant in variants:
         print(f'{variant:<15}' + ''.join(f'{speeds[m][variant]:>14.1f}{speeds[m][variant] / speeds[m]["planar"]:>7.2f}'

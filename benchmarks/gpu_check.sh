@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA checks in one run (about 8 minutes on one H100), printed as one report:
+# The CUDA checks in one run (about 9 minutes on one H100), printed as one report:
 #
 #   bash benchmarks/gpu_check.sh [--dry_run]
 #
@@ -10,7 +10,10 @@
 #                static MLP planar-16 (latent 2), the amortized MLP planar-16 (latent 40) and the conv VAE
 #                at its defaults on 32x32x3 images; each step's GFLOP/s against torch.mm in the same run
 #   3. IW        importance-weighted evaluation, K = 5000, of the 10,000 MNIST test images
-#   4. run       a timed 20,000-iteration dynamic_flow_vae.py --latent_dim 40 --flow planar --length 16
+#   4. amortized bench_amortized.py --device cuda --steps_only --modes eager: it/s of the latent-40 amortized
+#                step of planar and of the Sylvester flows at M = D (and orthogonal at M = 16), and the hours
+#                of a full-budget run of each on this GPU
+#   5. run       a timed 20,000-iteration dynamic_flow_vae.py --latent_dim 40 --flow planar --length 16
 #                run, and the projected time of 1,000 epochs (390,000 iterations)
 #
 # Targets (one H100): the latent-40 amortized planar-16 MLP step at batch 128 >= 3,000 it/s; IW K=5000
@@ -20,7 +23,7 @@
 # shape and split sizes are written to a temporary folder (timings do not depend on the pixels).
 # --dry_run runs every step on the CPU with tiny sizes (few iterations, small K, few images, a small
 # hidden layer; the pytest call is the same, and its CUDA cases skip), so that a typo cannot fail on
-# the GPU. Each step has a time limit (tests 150 s, steps 210 s, run 120 s: 8 minutes in all); one that
+# the GPU. Each step has a time limit (tests 150 s, steps 210 s, amortized 60 s, run 120 s: 9 minutes in all); one that
 # fails or runs out (exit 124) is reported and the others still run. RUN_FLAGS adds flags to the run
 # (e.g. RUN_FLAGS='--compile 2'). Exit code: the number of steps that failed.
 set -uo pipefail
@@ -42,12 +45,14 @@ if ((DRY)); then
   COMPILED=(--rows 0 --variants compiled)   # torch.compile once on the CPU, where it is slow
   RUN=(--max_iter 30 --log_every 10 --batch_size 16 --hidden_dim 16 --length 2)
   ITERS_RUN=30
+  AMORTIZED=(--variants planar orthogonal-16 --iters 2 --rounds 1)
 else
   DEVICE=cuda
   STEPS=(--iters 210 --sync_repeats 3 --iw 5000 10000)
   COMPILED=()
   RUN=(--max_iter 20000 --log_every 1000)
   ITERS_RUN=20000
+  AMORTIZED=(--variants planar orthogonal-16 orthogonal-40 householder-8 triangular --iters 10 --rounds 3)
 fi
 
 section() {   # NAME LIMIT COMMAND...: run it within LIMIT seconds, its output under a header; count a failure
@@ -94,6 +99,9 @@ section tests 150 "$PY" -m pytest -q -rs tests -k 'cuda or sync_bn_steps'
 section steps 210 "$PY" benchmarks/bench_train.py --steps_only --device "$DEVICE" --data_dir "$DATA" "${STEPS[@]}"
 ((${#COMPILED[@]})) && section compiled 150 "$PY" benchmarks/bench_train.py --steps_only --device "$DEVICE" \
   --data_dir "$DATA" --iters 13 --batch_size 16 --hidden_dim 16 --mm_size 128 "${COMPILED[@]}"
+
+section amortized 60 "$PY" benchmarks/bench_amortized.py --device "$DEVICE" --steps_only --modes eager \
+  "${AMORTIZED[@]}"
 
 OUT=$TMP/run
 section run 120 "$PY" dynamic_flow_vae.py --latent_dim 40 --layer 2 --flow planar --length 16 --iw_samples 0 \

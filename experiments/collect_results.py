@@ -1,12 +1,15 @@
 """Copy the small files of finished runs into the committed results folder.
 
-    python experiments/collect_results.py RUNS/SECTION results/SECTION
+    python experiments/collect_results.py RUNS/SECTION results/SECTION [--model RUN ...]
 
 For each run folder RUNS/SECTION/RUN whose log has a final record, its logs/<prefix>.jsonl becomes
 results/SECTION/RUN/log.jsonl and its logs/<prefix>_summary.json (flags, metrics, time, device)
 results/SECTION/RUN/summary.json, without the paths of the machine it ran on (`portable_config`).
-Checkpoints, samples and plots stay where they are.
+Samples and plots stay where they are, and so do checkpoints, but for the runs named by --model: the model
+their summary evaluated (checkpoints/<prefix>_best.pt, else the last) becomes results/SECTION/RUN/model.pt,
+its weights and flags alone (utils.model_file), which `--eval_only --resume` re-evaluates.
 """
+import argparse
 import glob
 import json
 import os
@@ -14,7 +17,7 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils import write_json  # noqa: E402
+from utils import load_checkpoint, model_file, save_checkpoint, write_json  # noqa: E402
 
 
 def portable_config(config):
@@ -36,7 +39,16 @@ def copy_summary(source, dest):
     write_json(dest, summary)
 
 
-def collect(source, dest):
+def copy_model(run_dir, dest):
+    """Write the model a finished run was evaluated with to `dest` (utils.model_file)."""
+    checkpoints = sorted(glob.glob(os.path.join(run_dir, 'checkpoints', '*.pt')))
+    best = [path for path in checkpoints if path.endswith('_best.pt')]
+    path = (best or checkpoints)[0]
+    if not save_checkpoint(model_file(load_checkpoint(path, script=None)), dest):
+        raise SystemExit(f'error: could not write {dest}')
+
+
+def collect(source, dest, models=()):
     for log in sorted(glob.glob(os.path.join(source, '*', 'logs', '*.jsonl'))):
         run = os.path.basename(os.path.dirname(os.path.dirname(log)))
         with open(log) as f:
@@ -48,8 +60,16 @@ def collect(source, dest):
         summary = log[:-len('.jsonl')] + '_summary.json'
         if os.path.exists(summary):
             copy_summary(summary, os.path.join(dest, run, 'summary.json'))
-        print(f'{run}: collected')
+        if run in models:
+            copy_model(os.path.join(source, run), os.path.join(dest, run, 'model.pt'))
+        print(f'{run}: collected{" with its model" if run in models else ""}')
 
 
 if __name__ == '__main__':
-    collect(*sys.argv[1:3])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('source', help='RUNS/SECTION, the run folders')
+    parser.add_argument('dest', help='results/SECTION')
+    parser.add_argument('--model', action='append', default=[], metavar='RUN',
+                        help='also write this run\'s evaluated model to results/SECTION/RUN/model.pt (repeatable)')
+    opts = parser.parse_args()
+    collect(opts.source, opts.dest, opts.model)

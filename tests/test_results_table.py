@@ -4,6 +4,10 @@ import os
 import sys
 
 import pytest
+import torch
+
+from scripts import read_log, run_script
+from test_training import spy_on_evaluate
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments'))
 import collect_results  # noqa: E402
@@ -121,3 +125,50 @@ def test_leads_subtract_unrounded_means():
                               'ELBO − amortized planar': '–', 'IW − amortized planar': '–'}
     assert rows['nice']['ELBO − none'] == '+0.51' and rows['nice']['IW − none'] == '+0.75'
     assert rows['nice']['ELBO − amortized planar'] == '-0.51'
+
+
+def test_a_collected_model_re_evaluates_to_its_summary_and_cannot_resume_training(data_root, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """collect_results --model writes the run's best model (not its last), weights and flags alone;
+    --eval_only --resume of it reproduces the summary's test ELBO and saves its samples, and training from it
+    is refused in one line."""
+    spy_on_evaluate(monkeypatch, val_elbos=[-10.0, -5.0, -7.0])   # of iterations 2, 4, 6: the best is the 4th
+    flags = ['--max_iter', '6', '--batch_size', '8', '--latent_dim', '3', '--length', '2', '--layer', '1',
+             '--hidden_dim', '16', '--iw_samples', '0', '--val_size', '16', '--eval_every', '2', '--flow', 'planar']
+    run = tmp_path / 'runs' / 'mlp_amortized_planar_seed0'
+    assert run_script('dynamic_flow_vae.py', [*flags, '--data_dir', data_root, '--out_dir', str(run)]) == 0
+    collect_results.collect(str(tmp_path / 'runs'), str(tmp_path / 'results'), models=['mlp_amortized_planar_seed0'])
+    folder = tmp_path / 'results' / 'mlp_amortized_planar_seed0'
+    with open(folder / 'summary.json') as f:
+        summary = json.load(f)
+    model = torch.load(folder / 'model.pt', weights_only=True)
+    assert sorted(model) == ['config', 'iter', 'model', 'script'] and model['iter'] == summary['best_iter'] == 4
+    assert not {'data_dir', 'out_dir', 'resume'} & set(model['config'])
+
+    monkeypatch.undo()
+    out = tmp_path / 'again'
+    argv = ['--resume', str(folder / 'model.pt'), '--data_dir', data_root, '--out_dir', str(out)]
+    assert run_script('dynamic_flow_vae.py', [*argv, '--eval_only']) == 0
+    assert read_log(str(out))[1][-1]['test_elbo'] == pytest.approx(summary['test_elbo'], abs=1e-5)
+    assert os.listdir(out / 'samples') == [f'{read_log(str(out))[0]}_{summary["best_iter"]}.png']
+
+    capsys.readouterr()
+    assert run_script('dynamic_flow_vae.py', argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert 'holds a model alone' in line and '--eval_only' in line
+
+
+def test_2d_rows_give_the_share_of_the_plain_vaes_gap_they_close(section, capsys):
+    """none's exact − ELBO is 5; planar's seeds leave 5 and 6.5, closing 0% and −30%."""
+    results_table.table(str(section))
+    lines = [line for line in capsys.readouterr().out.split('\nleads in nats')[0].splitlines() if line.startswith('|')]
+    header = [c.strip() for c in lines[0].strip('|').split('|')]
+    cells = {row[1]: dict(zip(header, row)) for row in
+             ([c.strip() for c in line.strip('|').split('|')] for line in lines[2:])}
+    assert cells['planar']['gap closed, %'] == '-15 ± 21' and cells['none']['gap closed, %'] == '–'
+    points = results_table.gap_points(results_table.finished_runs(str(section)))
+    assert points['static', 'none'] == (5.0, 0.0, 1)
+    mean, spread, seeds = points['amortized', 'planar']
+    assert (mean, seeds) == (5.75, 2) and spread == pytest.approx(1.5 / 2 ** 0.5)
+    results_table.gap_figure(str(section), str(section / 'gaps.png'))
+    assert os.path.getsize(section / 'gaps.png') > 0
