@@ -217,7 +217,8 @@ def gap_points(runs):
     `runs` (finished_runs) that has the exact log p(x)."""
     points = {}
     for (_, mode, flow), group in runs.items():
-        gaps = [final['test_log_px_exact'] - final['test_elbo'] for _, final, _ in group if 'test_log_px_exact' in final]
+        gaps = [final['test_log_px_exact'] - final['test_elbo'] for _, final, _ in group
+                if 'test_log_px_exact' in final]
         if gaps:
             points[mode, flow] = (statistics.mean(gaps), statistics.stdev(gaps) if len(gaps) > 1 else 0.0, len(gaps))
     return points
@@ -242,7 +243,8 @@ def gap_figure(section, path):
             x, mean, spread = zip(*found)
             ax.errorbar([i + offset for i in x], mean, yerr=spread, fmt='o', capsize=3, label=mode)
     ax.set_xticks(range(len(flows)), [flow.replace('sylvester-', 'sylvester-\n') for flow in flows], fontsize=8)
-    ax.set(ylabel='exact − ELBO (nats)', title=f'{os.path.basename(section.rstrip("/"))}: the mean KL(q_K ‖ p(z|x))')
+    name = os.path.basename(section.rstrip('/'))
+    ax.set(ylabel='exact − ELBO (nats)', title=f'{name}: the mean KL(q_K ‖ p(z|x))')
     ax.grid(alpha=0.3, axis='y')
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
