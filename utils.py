@@ -155,24 +155,26 @@ def log_json(path, record):
 
 
 def truncate_log(path, it):
-    """Keep the records of iterations <= `it` of the JSONL log at `path`, rewritten atomically (atomic_write)
-    when any goes: a run resumed from its checkpoint of iteration `it` writes the later ones again. A line cut
-    short (by a kill while it was written) goes too; the other lines are kept byte for byte. No file: nothing."""
+    """Keep the records of iterations before `it` of the JSONL log at `path`, and those of iteration `it` but its
+    final evaluations, rewritten atomically (atomic_write) when any goes: a run resumed from its checkpoint of
+    iteration `it` writes the later ones again, and evaluates at its end once. A line cut short (by a kill while it
+    was written) goes too; the other lines are kept byte for byte. No file: nothing."""
     if not os.path.exists(path):
         return
     with open(path, 'rb') as f:
         lines = f.readlines()
-    kept = [line for line in lines if _log_iteration(line) <= it]
+    kept = [line for line in lines if _log_position(line) <= (it, False)]
     if len(kept) < len(lines):
         atomic_write(path, lambda f: f.writelines(kept))
 
 
-def _log_iteration(line):
-    """The 'iter' of one log line; infinite for a line that is not whole JSON."""
+def _log_position(line):
+    """(iter, final) of one log line, ordered as the run writes them; infinite for a line that is not whole JSON."""
     try:
-        return json.loads(line)['iter']
+        record = json.loads(line)
     except ValueError:
-        return math.inf
+        return math.inf, True
+    return record['iter'], bool(record.get('final'))
 
 
 def progress(iterable=None, **kw):

@@ -150,8 +150,9 @@ def test_resume_continues_exactly(script, kind, device, data_root, tmp_path):
 
 def test_a_resumed_run_drops_the_log_records_after_its_checkpoint(data_root, tmp_path):
     """A run that went on past the checkpoint it is resumed from (iteration 4; it went to 8, and a kill left
-    half a line) keeps its log up to iteration 4, byte for byte, and then logs as the first time: every
-    record once, in order."""
+    half a line) keeps its log up to iteration 4 but its final evaluation, byte for byte, and then logs as the
+    first time: every record once, in order. A finished run resumed evaluates again in place of its last final
+    record, not beside it."""
     out = str(tmp_path / 'run')
     flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--data_dir', data_root]
     assert run_script('static_flow_vae.py', [*flags, '--max_iter', '4', '--out_dir', out]) == 0
@@ -159,7 +160,9 @@ def test_a_resumed_run_drops_the_log_records_after_its_checkpoint(data_root, tmp
     resume, log = os.path.join(out, 'checkpoints', f'{prefix}.pt'), os.path.join(out, 'logs', f'{prefix}.jsonl')
     at_4 = shutil.copyfile(resume, tmp_path / 'at_4.pt')
     with open(log, 'rb') as f:
-        head = f.read()
+        lines = f.readlines()
+    assert b'"final": true' in lines[-1]
+    head = b''.join(lines[:-1])
     assert run_script('static_flow_vae.py', ['--resume', resume, '--max_iter', '8']) == 0
     _, first = read_log(out)
     with open(log, 'a') as f:
@@ -173,6 +176,9 @@ def test_a_resumed_run_drops_the_log_records_after_its_checkpoint(data_root, tmp
         return [{key: value for key, value in r.items() if key != 'its_per_s'} for r in records]
     assert without_speed(again) == without_speed(first)
     assert [r['iter'] for r in again if 'loss' in r] == [2, 4, 6, 8]
+    assert [r['iter'] for r in again if r.get('final')] == [8]
+    assert run_script('static_flow_vae.py', ['--resume', resume]) == 0   # finished at 8: evaluated again
+    assert without_speed(read_log(out)[1]) == without_speed(again)
 
 
 def test_eval_only_reproduces_the_final_metrics(data_root, tmp_path):
