@@ -7,7 +7,8 @@ tiles far below each image's peak are skipped (posterior2d.log_px_grid). For the
 images it is compared with a grid of `finer` times smaller cells over a window `wider` times wider
 (posterior2d.refinement_check); with --dense N, the first N images also with that finer grid summed in full, no
 tile skipped. A narrow posterior (a well-trained model's) is what a coarse grid misses: the table gives the
-change of the mean and the largest change of one image, in nats, reference − grid.
+change of the mean, the largest change of one image and how many images change by more than 0.1 and 1 nat, in
+nats, reference − grid.
 """
 import argparse
 import os
@@ -23,11 +24,14 @@ from trained import flow_label, trained_model  # noqa: E402
 
 
 def check(model, x, grid, limit, finer, wider, dense):
-    """{'finer', 'window', 'mean_log_px', 'mean_diff', 'mean_abs_diff', 'max_abs_diff'} of the refinement of
+    """{'finer', 'window', 'mean_log_px', 'mean_diff', 'mean_abs_diff', 'max_abs_diff', 'off_0.1', 'off_1' (how
+    many images change by more than 0.1 and 1 nat)} of the refinement of
     x's log p(x) on a grid x grid over ±limit and, with dense > 0, 'dense_mean_diff' and 'dense_max_abs_diff'
     for its first `dense` images with the finer grid summed in full."""
     out = posterior2d.refinement_check(model, x, n=grid, limit=limit, finer=finer, wider=wider)
+    off = (out['reference'] - out['value']).abs()
     row = {'finer': round(grid * finer * wider), 'window': limit * wider, 'mean_log_px': out['value'].mean().item(),
+           'off_0.1': (off > 0.1).sum().item(), 'off_1': (off > 1).sum().item(),
            **{key: out[key] for key in ('mean_diff', 'mean_abs_diff', 'max_abs_diff')}}
     if dense:
         full = posterior2d.refinement_check(model, x[:dense], n=grid, limit=limit, finer=finer, wider=wider,
@@ -51,8 +55,8 @@ def main():
     images, pre = mnist_test_set(opts.data_dir)
     print(f'{len(images)} MNIST test images; reference − grid in nats per image\n\n'
           '| checkpoint | flow | grid | reference grid | log p(x) | mean change | mean abs change | largest '
-          f'| {f"dense, first {opts.dense}: mean, largest |" if opts.dense else ""}\n'
-          f'|---|---|---|---|---:|---:|---:|---:|{"---:|" if opts.dense else ""}')
+          f'| images > 0.1, > 1 nat | {f"dense, first {opts.dense}: mean, largest |" if opts.dense else ""}\n'
+          f'|---|---|---|---|---:|---:|---:|---:|---:|{"---:|" if opts.dense else ""}')
     for path in opts.checkpoints:
         model, args, _ = trained_model(path)
         if args.latent_dim != 2:
@@ -64,7 +68,8 @@ def main():
         dense = f' {r["dense_mean_diff"]:+.5f}, {r["dense_max_abs_diff"]:.5f} |' if opts.dense else ''
         print(f'| {path} | {flow_label(model, args)} | {opts.grid}² on ±{opts.limit:g} '
               f'| {r["finer"]}² on ±{r["window"]:g} | {r["mean_log_px"] + log_det_pre.double().mean().item():.3f} '
-              f'| {r["mean_diff"]:+.5f} | {r["mean_abs_diff"]:.5f} | {r["max_abs_diff"]:.5f} |{dense}')
+              f'| {r["mean_diff"]:+.5f} | {r["mean_abs_diff"]:.5f} | {r["max_abs_diff"]:.5f} '
+              f'| {r["off_0.1"]}, {r["off_1"]} |{dense}')
 
 
 if __name__ == '__main__':

@@ -37,8 +37,9 @@ def test_main_compares_the_runs_grid_with_a_finer_wider_one(data_root, tmp_path,
     change = posterior2d.log_px_grid(model, x, n=250, limit=5.0) - coarse
     assert float(cells[5]) == pytest.approx(change.mean().item(), abs=1e-5)
     assert float(cells[7]) == pytest.approx(change.abs().max().item(), abs=1e-5)
+    assert cells[8] == f'{(change.abs() > 0.1).sum()}, {(change.abs() > 1).sum()}'
     dense = posterior2d.log_px_grid(model, x[:4], n=250, limit=5.0, adaptive=False) - coarse[:4]
-    dense_mean, dense_max = (float(v) for v in cells[8].split(','))
+    dense_mean, dense_max = (float(v) for v in cells[9].split(','))
     assert dense_mean == pytest.approx(dense.mean().item(), abs=1e-5)
     assert dense_max == pytest.approx(dense.abs().max().item(), abs=1e-5)
 
