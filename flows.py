@@ -73,6 +73,10 @@ class FlowStep(nn.Module):
                 self.to_theta.weight.mul_(0.01)
                 self.to_theta.bias.copy_(init)
 
+    def context_weight(self):
+        """Amortized: the context layer's weight (P, C); the step sees its context only through it."""
+        return self.to_theta.weight
+
     def params(self, z, context):
         """(P,) static or (B, P) amortized, in z's dtype (the context layer in the caller's precision)."""
         check_context(context, self.context_dim, z)
@@ -196,6 +200,11 @@ class NiceFlow(nn.Module):
             nn.Linear(hidden_dim, dim - n_kept))
         nn.init.zeros_(self.shift[-1].weight)                              # start at the identity
         nn.init.zeros_(self.shift[-1].bias)
+
+    def context_weight(self):
+        """Amortized: the context's columns of m's first layer (hidden_dim, C); the step sees its context only
+        through them, as a shift of that layer's pre-activation."""
+        return self.shift[0].weight[:, -self.context_dim:]
 
     def _couple(self, z, context, sign):
         check_context(context, self.context_dim, z)
@@ -413,6 +422,10 @@ class IAFStep(nn.Module):
             self.out.bias.zero_()
             self.out.bias[dim:] = IAF_GATE_BIAS
 
+    def context_weight(self):
+        """Amortized: the context layer's weight (hidden_dim, C); the step sees its context only through it."""
+        return self.context.weight
+
     def context_shift(self, z, context):
         """The context layer's term of the hidden pre-activation, (B, hidden_dim) in z's dtype (the layer
         in the caller's precision); None for a static step."""
@@ -451,6 +464,8 @@ class IAFStep(nn.Module):
 class FlowSequence(nn.Module):
     """f = f_K ∘ … ∘ f_1 on z (B, D); log_det (B,) sums the steps' log-determinants. No steps: the identity.
 
+    `context` is the (B, C) every step gets, or a list of K of them, one per step (an amortized flow's
+    parameters then chosen step by step: experiments/gap_split.py optimizes them per image).
     `inverse` exists when every step has one (Householder, NICE, IAF).
     """
 
@@ -460,17 +475,21 @@ class FlowSequence(nn.Module):
         self.kind, self.dim, self.length = kind, dim, len(steps)
         self.context_dim, self.amortized = context_dim, context_dim is not None and len(steps) > 0
 
+    def step_contexts(self, context):
+        """One context per step: the list given, or `context` for each."""
+        return context if isinstance(context, list) else [context] * self.length
+
     def forward(self, z, context=None):
         log_det = z.new_zeros(z.shape[:-1])
-        for step in self.steps:
-            z, step_log_det = step(z, context)
+        for step, step_context in zip(self.steps, self.step_contexts(context), strict=True):
+            z, step_log_det = step(z, step_context)
             log_det = log_det + step_log_det
         return z, log_det
 
     def inverse(self, z, context=None):
         log_det = z.new_zeros(z.shape[:-1])
-        for step in reversed(self.steps):
-            z, step_log_det = step.inverse(z, context)
+        for step, step_context in zip(reversed(self.steps), reversed(self.step_contexts(context)), strict=True):
+            z, step_log_det = step.inverse(z, step_context)
             log_det = log_det + step_log_det
         return z, log_det
 

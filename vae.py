@@ -113,10 +113,16 @@ class FlowVAE(nn.Module):
         dtype, in which z0, the flow's arithmetic (flows.py) and every term are computed.
         """
         mean, log_var, context = (None if t is None else t.to(x.dtype) for t in self.encode(x))
+        return self.terms(x, mean, log_var, context, eps)
+
+    def terms(self, x, mean, log_var, context, eps=None):
+        """ElboTerms for x (B, C, H, W) under q0 = N(mean, diag(exp(log_var))), (B, D) each, and the flow's
+        `context` (what the flow takes: see flows.FlowSequence), with z0 = mean + std * eps, eps ~ N(0, I)
+        unless given. eps (S, B, D) draws S z0 per example: each term is then (S, B), kl0 still (B,)."""
         with full_precision(x):
-            z0 = sample_q0(mean, log_var, eps)                        # (B, D)
+            z0 = sample_q0(mean, log_var, eps)                        # (B, D) or (S, B, D)
         z_k, log_det = self.flow(z0, context)
-        decoded = self.decode(z_k).to(x.dtype)
+        decoded = self.decode(z_k.flatten(0, -2)).to(x.dtype).unflatten(0, z_k.shape[:-1])   # (..., B, C, H, W)
         with full_precision(x):
             return ElboTerms(
                 log_px=self.log_likelihood(x, decoded),

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
 import posterior2d  # noqa: E402
 from data_utils import mnist_test_set  # noqa: E402
-from trained import flow_label, trained_model  # noqa: E402
+from trained import flow_label, trained_2d_model  # noqa: E402
 from utils import progress  # noqa: E402
 from vae import elbo  # noqa: E402
 
@@ -73,10 +73,7 @@ def main():
           '| checkpoint | flow | mean | 10% | median | 90% | 99% | max | worst 1% | worst 10% | MC error |\n'
           '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for path in opts.checkpoints:
-        model, args, _ = trained_model(path)
-        if args.latent_dim != 2:
-            raise SystemExit(f'error: {path} has --latent_dim {args.latent_dim}; exact log p(x) by quadrature '
-                             'needs a 2-D checkpoint (--latent_dim 2)')
+        model, args, _ = trained_2d_model(path)
         exact, elbos, errors = per_image(model, pre, images, opts.samples)
         s = spread(exact - elbos)
         print(f'| {path} | {flow_label(model, args)} | {s["mean"]:.2f} | {s["q10"]:.2f} | {s["q50"]:.2f} '

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import datasets  # noqa: E402
 import posterior2d  # noqa: E402
 from data_utils import mnist_test_set  # noqa: E402
-from trained import flow_label, trained_model  # noqa: E402
+from trained import flow_label, trained_2d_model  # noqa: E402
 
 
 def check(model, x, grid, limit, finer, wider, dense):
@@ -58,10 +58,7 @@ def main():
           f'| images > 0.1, > 1 nat | {f"dense, first {opts.dense}: mean, largest |" if opts.dense else ""}\n'
           f'|---|---|---|---|---:|---:|---:|---:|---:|{"---:|" if opts.dense else ""}')
     for path in opts.checkpoints:
-        model, args, _ = trained_model(path)
-        if args.latent_dim != 2:
-            raise SystemExit(f'error: {path} has --latent_dim {args.latent_dim}; exact log p(x) by quadrature '
-                             'needs a 2-D checkpoint (--latent_dim 2)')
+        model, args, _ = trained_2d_model(path)
         x, log_det_pre = posterior2d.preprocess(pre, images)
         with torch.no_grad():
             r = check(model, x, opts.grid, opts.limit, opts.finer, opts.wider, opts.dense)

@@ -1,5 +1,5 @@
 """A trained MLP model from an MNIST checkpoint of static_flow_vae.py or dynamic_flow_vae.py, for the experiments
-that analyse one (planar_stability.py --saturation, elbo_terms.py, gap_spread.py)."""
+that analyse one (planar_stability.py --saturation, elbo_terms.py, gap_spread.py, gap_split.py)."""
 import os
 import sys
 
@@ -36,3 +36,13 @@ def trained_model(checkpoint):
 def flow_label(model, args):
     """'none', or the flow's mode and kind as the tables name it: 'amortized planar', 'static nice', ..."""
     return f'{"amortized" if args.amortized else "static"} {args.flow}' if model.has_flow else 'none'
+
+
+def trained_2d_model(checkpoint):
+    """trained_model of a checkpoint with a 2-D latent space, whose exact log p(x) quadrature gives; any other
+    ends the program with one `error:` line."""
+    model, args, state = trained_model(checkpoint)
+    if args.latent_dim != 2:
+        raise SystemExit(f'error: {checkpoint} has --latent_dim {args.latent_dim}; exact log p(x) by quadrature '
+                         'needs a 2-D checkpoint (--latent_dim 2)')
+    return model, args, state

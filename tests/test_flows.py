@@ -283,6 +283,42 @@ def test_composite_log_det_is_the_sum_of_its_steps(kind):
     torch.testing.assert_close(total, step_sum)
 
 
+@pytest.mark.parametrize('kind', KINDS)
+def test_a_context_per_step(kind):
+    """A list of one context per step gives step k its own; the same context K times is the shared one, in both
+    directions where there is an inverse; a list of another length is refused."""
+    flow = perturb(build_flow(kind, 4, 3, CONTEXT_DIM), scale=PERTURB_SCALE.get(kind, 0.5))
+    z, context = inputs(4, True)
+    contexts = [torch.randn(4, CONTEXT_DIM) for _ in range(3)]
+    step_by_step, step_sum = z, torch.zeros(4)
+    for step, step_context in zip(flow.steps, contexts):
+        step_by_step, log_det = step(step_by_step, step_context)
+        step_sum = step_sum + log_det
+    torch.testing.assert_close(flow(z, contexts), (step_by_step, step_sum))
+    torch.testing.assert_close(flow(z, [context] * 3), flow(z, context))
+    if kind in ('householder', 'nice', 'iaf'):
+        torch.testing.assert_close(flow.inverse(step_by_step, contexts)[0], z, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match='shorter'):
+        flow(z, contexts[:2])
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_a_step_sees_its_context_only_through_its_context_weight(kind):
+    """A context moved along the kernel of context_weight (P, C) leaves each step's map unchanged; one moved by
+    W⁺ δ (P <= C: W has full row rank) changes it."""
+    context_dim = 80   # more than any step's P (64 for NICE's couplings and IAF)
+    flow = perturb(build_flow(kind, 4, 2, context_dim), scale=PERTURB_SCALE.get(kind, 0.5))
+    z, context = torch.randn(5, 4), torch.randn(5, context_dim)
+    for step in flow.steps:
+        weight = step.context_weight()
+        assert weight.shape[1] == context_dim and torch.linalg.matrix_rank(weight) == weight.shape[0]
+        inverse = torch.linalg.pinv(weight)
+        kernel = torch.randn(5, context_dim) @ (torch.eye(context_dim) - inverse @ weight).T
+        torch.testing.assert_close(step(z, context + kernel), step(z, context))
+        moved = step(z, context + torch.randn(5, weight.shape[0]) @ inverse.T)[0]
+        assert (moved - step(z, context)[0]).abs().max() > 1e-3
+
+
 def test_nice_length_is_couplings_plus_scaling():
     flow = build_flow('nice', 6, 4)
     assert [type(s) for s in flow.steps] == [NiceFlow] * 3 + [NiceScaling]

@@ -79,16 +79,6 @@ def test_main_on_a_trained_2d_run(data_root, tmp_path, capsys, monkeypatch):
     assert float(row[11]) == pytest.approx(errors.mean().item(), abs=0.005)   # the MC error column
 
 
-def test_a_checkpoint_that_is_not_2d_is_one_error_line(data_root, tmp_path, monkeypatch):
-    out = str(tmp_path)
-    assert run_script('static_flow_vae.py', [*FLAGS, '--data_dir', data_root, '--out_dir', out]) == 0   # latent 3
-    (checkpoint,) = glob.glob(os.path.join(out, 'checkpoints', '*.pt'))
-    monkeypatch.setattr(sys, 'argv', ['gap_spread.py', checkpoint, '--data_dir', data_root])
-    with pytest.raises(SystemExit, match=r'^error: .*\.pt has --latent_dim 3; exact log p\(x\) by quadrature needs '
-                                         r'a 2-D checkpoint \(--latent_dim 2\)$'):
-        gap_spread.main()
-
-
 def test_the_mc_error_is_the_standard_error_of_each_images_mean_elbo(float64):
     """Without a flow, a linear-Gaussian model's one-draw ELBO is a quadratic in eps ~ N(0, I): with
     z = m + s ⊙ eps and r = x − b − W m it is c + aᵀ eps + epsᵀ B eps, a = s ⊙ Wᵀ r / σ², B = −S Wᵀ W S / (2σ²),

@@ -193,6 +193,24 @@ def test_elbo_equals_hand_computation(kind):
                                -(log_px + 0.25 * (log_pz - log_q0 + log_det)))
 
 
+@pytest.mark.parametrize('kind', ['none', 'planar'])
+def test_terms_of_several_draws_per_example(kind):
+    """terms with eps (S, B, D) is forward on x repeated S times with eps (S * B, D), term by term (S, B); kl0 is
+    the same for each draw, so it stays (B,)."""
+    torch.manual_seed(5)
+    latent, pixels, draws = 3, 6, 4
+    model = LinearVAE(torch.randn(pixels, latent), torch.randn(pixels), 'bernoulli',
+                      perturbed_flow(kind, latent, length=0 if kind == 'none' else 2),
+                      enc_A=torch.randn(latent, pixels), enc_log_var=torch.randn(latent))
+    x = torch.bernoulli(torch.full((3, 1, 1, pixels), 0.5))
+    eps = torch.randn(draws, 3, latent)
+    terms = model.terms(x, *model.encode(x), eps)
+    repeated = model(x.repeat(draws, 1, 1, 1), eps.reshape(-1, latent))
+    for name, several, one in zip(ElboTerms._fields, terms, repeated):
+        torch.testing.assert_close(several, one.view(draws, 3)[0] if name == 'kl0' else one.view(draws, 3), msg=name)
+    assert terms.kl0.shape == (3,)
+
+
 def test_densities_against_torch_distributions():
     torch.manual_seed(3)
     z, mean, log_var = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
