@@ -1,6 +1,6 @@
 """How a 2-D MNIST model's gap exact − ELBO spreads over the test images.
 
-    python experiments/gap_spread.py CKPT [CKPT ...] [--samples S] [--data_dir DIR]
+    python experiments/gap_spread.py CKPT [CKPT ...] [--samples S] [--data_dir DIR] [--worst PREFIX]
 
 The mean gap log p(x) − ELBO is the mean over images of KL(q_K(z|x) ‖ p(z|x)); the final evaluation reports only
 that mean. Here each of the 10,000 binarized MNIST test images gets its own: log p(x) by quadrature
@@ -61,21 +61,36 @@ def spread(gaps):
     return out
 
 
+def worst_posteriors(model, pre, images, gaps, path, data_dir, title, **kw):
+    """posterior2d.posterior_figure (keyword arguments: its) of the images with the largest `gaps` (N,), the
+    largest first; returns their indices."""
+    indices = gaps.topk(posterior2d.POSTERIOR_IMAGES).indices.tolist()
+    labels = datasets.load_split('mnist', data_dir, train=False, log=lambda *_: None)[1][:len(images)]
+    posterior2d.posterior_figure(model, pre, images, labels, path, title, indices=indices, **kw)
+    return indices
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('checkpoints', nargs='+', metavar='CKPT', help='2-D MNIST checkpoints of the MLP scripts')
     parser.add_argument('--samples', type=int, default=SAMPLES, help='draws per image for its ELBO')
     parser.add_argument('--data_dir', default=datasets.default_data_dir(), help='where MNIST is')
+    parser.add_argument('--worst', metavar='PREFIX', help='also draw the posteriors of each checkpoint\'s '
+                        f'{posterior2d.POSTERIOR_IMAGES} images with the largest gaps into PREFIX_<n>.png, n its '
+                        'place on the command line')
     opts = parser.parse_args()
     images, pre = mnist_test_set(opts.data_dir)
     torch.manual_seed(0)
     print(f'{len(images)} MNIST test images; exact − ELBO in nats per image, the ELBO of {opts.samples} draws\n\n'
           '| checkpoint | flow | mean | 10% | median | 90% | 99% | max | worst 1% | worst 10% | MC error |\n'
           '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
-    for path in opts.checkpoints:
+    for n, path in enumerate(opts.checkpoints):
         model, args, _ = trained_2d_model(path)
         exact, elbos, errors = per_image(model, pre, images, opts.samples)
         s = spread(exact - elbos)
+        if opts.worst:
+            worst_posteriors(model, pre, images, exact - elbos, f'{opts.worst}_{n}.png', opts.data_dir,
+                             f'{path}: the largest exact − ELBO')
         print(f'| {path} | {flow_label(model, args)} | {s["mean"]:.2f} | {s["q10"]:.2f} | {s["q50"]:.2f} '
               f'| {s["q90"]:.2f} | {s["q99"]:.2f} | {s["max"]:.1f} | {100 * s["top1"]:.0f}% '
               f'| {100 * s["top10"]:.0f}% | {errors.mean().item():.2f} |')

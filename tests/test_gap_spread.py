@@ -78,6 +78,12 @@ def test_main_on_a_trained_2d_run(data_root, tmp_path, capsys, monkeypatch):
     _, errors = gap_spread.elbo_per_image(model, posterior2d.preprocess(pre, images)[0], samples=50)
     assert float(row[11]) == pytest.approx(errors.mean().item(), abs=0.005)   # the MC error column
 
+    gaps = torch.arange(len(images), dtype=torch.float64).roll(5)   # the largest at 4, 3, 2, 1, 0, then 31
+    figure = tmp_path / 'worst.png'
+    indices = gap_spread.worst_posteriors(model, pre, images, gaps, str(figure), data_root, 'worst', n=100,
+                                          window=40, samples=2000, elbo_samples=100)
+    assert indices == [4, 3, 2, 1, 0, len(images) - 1] and figure.stat().st_size > 0
+
 
 def test_the_mc_error_is_the_standard_error_of_each_images_mean_elbo(float64):
     """Without a flow, a linear-Gaussian model's one-draw ELBO is a quadratic in eps ~ N(0, I): with
