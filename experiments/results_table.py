@@ -10,9 +10,9 @@ Test-set numbers, in nats for binary data and bits/dim for 8-bit data; with a va
 the best checkpoint, whose iteration (and epoch) the table gives. Under it, the differences the prose quotes: each
 row's lead in test ELBO and IW (nats) over the plain VAE and over amortized planar, the means subtracted before
 rounding. In 2-D, 'gap closed, %' is the share of the plain VAE's exact − ELBO (its mean over seeds) that a run
-closes, 100 (1 − gap / gap_none), over the run's seeds. `--curves` draws the validation ELBO against the epoch for
-the plain VAE and each amortized flow (seed 0), and prints at how many evaluations each flow is ahead of the
-plain VAE; `--gaps` draws each row's exact − ELBO, static beside amortized, against the plain VAE's.
+closes, 100 (1 − gap / gap_none), over the run's seeds. `--curves` draws the validation ELBO against the epoch of
+seed 0 of every run, amortized and static flows side by side, and prints at how many evaluations each flow is
+ahead of the plain VAE; `--gaps` draws each row's exact − ELBO, static beside amortized, against the plain VAE's.
 """
 import argparse
 import glob
@@ -164,15 +164,20 @@ def epoch_length(summary):
 
 
 def seed0_curves(section):
-    """{flow: [(epoch, validation ELBO), ...]} of seed 0 of the plain VAE and of each amortized flow."""
+    """{label: [(epoch, validation ELBO), ...]} of seed 0 of every MLP run of the section, the plain VAE labelled
+    'none' and each flow 'MODE FLOW' (e.g. 'amortized planar'), in the table's row order."""
     found = {}
-    for flow in FLOW_ORDER:
-        name = 'mlp_static_none' if flow == 'none' else f'mlp_amortized_{flow}'
-        folders = glob.glob(os.path.join(section, f'{name}_seed0')) or glob.glob(os.path.join(section, name))
-        if folders:
-            records, summary = read_run(folders[0])
-            per_epoch = epoch_length(summary) or 1
-            found[flow] = [(r['iter'] / per_epoch, r['val_elbo']) for r in records if 'val_elbo' in r]
+    folders = glob.glob(os.path.join(section, 'mlp_*'))
+    for folder in sorted(folders, key=lambda f: row_order(split_name(os.path.basename(f))[:3])):
+        model, mode, flow, seed = split_name(os.path.basename(folder))
+        log = os.path.join(folder, 'log.jsonl')
+        if seed != 0 or mode not in MODES or not os.path.exists(log):
+            continue
+        records, summary = read_run(folder)
+        per_epoch = epoch_length(summary) or 1
+        points = [(r['iter'] / per_epoch, r['val_elbo']) for r in records if 'val_elbo' in r]
+        if points:
+            found['none' if flow == 'none' else f'{mode} {flow}'] = points
     return found
 
 
@@ -191,22 +196,34 @@ def curve_leads(found):
     return lines
 
 
+def flow_color(flow):
+    """One colour per flow in every figure, its variants (e.g. sylvester-orthogonal-m16) included; the plain VAE black."""
+    base = re.sub(r'-m\d+$', '', flow)
+    return 'k' if base == 'none' else f'C{FLOW_ORDER.index(base) - 1}' if base in FLOW_ORDER else None
+
+
 def curves(section, path):
-    """Validation ELBO against epoch for the plain VAE and each amortized flow (seed 0), and their leads."""
+    """Validation ELBO against epoch, seed 0 of each run: amortized flows on the left, static on the right, the plain
+    VAE in black on both; then each flow's lead over the plain VAE (curve_leads)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout='constrained')
     found = seed0_curves(section)
-    for flow, points in found.items():
-        ax.plot([epoch for epoch, _ in points], [value for _, value in points], lw=1.2,
-                label=f'{flow}' + (' (amortized)' if flow != 'none' else ''), color='k' if flow == 'none' else None)
-    ax.set(xlabel='epoch', ylabel='validation ELBO (nats)', title=os.path.basename(section.rstrip('/')))
-    tops = [line.get_ydata().max() for line in ax.get_lines()]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True, layout='constrained')
+    for ax, mode in zip(axes, ('amortized', 'static')):
+        for label, points in found.items():
+            if label == 'none' or label.startswith(mode + ' '):
+                flow = label.removeprefix(mode + ' ')
+                ax.plot([epoch for epoch, _ in points], [value for _, value in points], lw=1.2, label=flow,
+                        color=flow_color(flow))
+        ax.set(xlabel='epoch', title=f'{os.path.basename(section.rstrip("/"))}: {mode} flows')
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel('validation ELBO (nats)')
+    tops = [line.get_ydata().max() for ax in axes for line in ax.get_lines()]
     if tops:   # the late epochs, where the flows differ, not the first ones
-        ax.set_ylim(min(tops) - 6, max(tops) + 0.5)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        axes[0].set_ylim(min(tops) - 6, max(tops) + 0.5)
     fig.savefig(path, dpi=120)
     print(f'wrote {path}')
     print('\n'.join(curve_leads(found)))

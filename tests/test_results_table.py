@@ -96,8 +96,14 @@ def test_seed0_curves_reads_validation_records_in_epochs(tmp_path):
                final(-97.0)]
     write_run(tmp_path / 'runs' / 'mlp_static_none_seed0', records, summary)
     write_run(tmp_path / 'runs' / 'mlp_amortized_planar_seed1', records, summary)   # not seed 0: left out
+    write_run(tmp_path / 'runs' / 'mlp_static_nice_seed0', records[:2] + records[3:], summary)
+    write_run(tmp_path / 'runs' / 'mlp_amortized_sylvester-orthogonal-m16_seed0', records, summary)
     collect_results.collect(str(tmp_path / 'runs'), str(tmp_path / 'results'))
-    assert results_table.seed0_curves(str(tmp_path / 'results')) == {'none': [(5.0, -99.0), (10.0, -98.0)]}
+    found = results_table.seed0_curves(str(tmp_path / 'results'))
+    assert list(found) == ['none', 'amortized sylvester-orthogonal-m16', 'static nice']   # the table's row order
+    assert found['none'] == [(5.0, -99.0), (10.0, -98.0)]
+    assert found['static nice'] == [(5.0, -99.0)]
+    assert found['amortized sylvester-orthogonal-m16'] == [(5.0, -99.0), (10.0, -98.0)]
 
 
 def test_collected_summary_has_no_machine_paths(tmp_path):
