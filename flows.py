@@ -41,6 +41,13 @@ def vecmat(x, A):
     return x @ A if A.dim() == 2 else torch.einsum('...bn,bnm->...bm', x, A)
 
 
+def orthonormal_factor(W):
+    """Q of W = QR (…, D, M), M <= D, with the signs of Q's columns chosen so that R's diagonal is positive: the
+    unique such factor of a full-rank W, and a smooth function of it."""
+    Q, R = torch.linalg.qr(W)
+    return torch.where(R.diagonal(dim1=-2, dim2=-1).unsqueeze(-2) < 0, -Q, Q)
+
+
 def check_context(context, context_dim, z):
     """Raise ValueError unless `context` fits a flow with `context_dim` (None: static, no context needed) on
     z (B, D) or (S, B, D)."""
@@ -314,8 +321,7 @@ class OrthogonalSylvesterFlow(SylvesterFlow):
         super().__init__(dim, m, context_dim, torch.randn(dim * m))
 
     def basis(self, q):
-        Q, R = torch.linalg.qr(q.unflatten(-1, (self.dim, self.m)))
-        return torch.where(R.diagonal(dim1=-2, dim2=-1).unsqueeze(-2) < 0, -Q, Q)
+        return orthonormal_factor(q.unflatten(-1, (self.dim, self.m)))
 
 
 class HouseholderSylvesterFlow(SylvesterFlow):

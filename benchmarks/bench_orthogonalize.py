@@ -6,7 +6,7 @@ A training step of the amortized flow needs one Q (D, M) per example and flow st
 MLP's batch 128, 16 steps and M = 16. On one thread, with the gradient of a random linear function of Q, the
 minimum over `rounds` rounds of:
 
-    qr           torch.linalg.qr with the columns' signs fixed (flows.OrthogonalSylvesterFlow.basis)
+    qr           torch.linalg.qr with the columns' signs fixed (flows.orthonormal_factor, the flow's own)
     cholesky-qr  Q = W R⁻¹ with RᵀR = WᵀW (Cholesky), the same Q as qr in exact arithmetic
     cholesky-qr2 cholesky-qr applied twice, which restores orthonormality lost to WᵀW's conditioning
     gram-schmidt modified Gram–Schmidt over the M columns, batched: the same Q again
@@ -18,16 +18,16 @@ Before timing, each method's Q is compared in float64 with qr's (bjorck's differ
 orthonormality ‖QᵀQ − I‖ measured in float32.
 """
 import argparse
+import os
+import sys
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flows import orthonormal_factor as qr  # noqa: E402
+
 TOLERANCE, MAX_ITERATIONS = 1e-6, 100   # van den Berg et al.'s stopping rule for M < D
-
-
-def qr(W):
-    Q, R = torch.linalg.qr(W)
-    return torch.where(R.diagonal(dim1=-2, dim2=-1).unsqueeze(-2) < 0, -Q, Q)
 
 
 def cholesky_qr(W):
@@ -68,7 +68,7 @@ def milliseconds(method, shape, calls, rounds):
     times = []
     for _ in range(rounds):
         Ws = [torch.randn(shape, requires_grad=True) for _ in range(calls)]
-        weights = [torch.randn(shape[0], shape[1], shape[2]) for _ in range(calls)]
+        weights = [torch.randn(shape) for _ in range(calls)]
         start = time.perf_counter()
         sum((method(W) * weight).sum() for W, weight in zip(Ws, weights)).backward()
         times.append(time.perf_counter() - start)
@@ -93,7 +93,8 @@ def main():
     print(f'{"method":<14}{"max |Q - Q_qr|, f64":>22}{"‖QᵀQ − I‖, f32":>17}{"per step":>11}{"one call":>11}')
     for name, method in METHODS.items():
         difference = (method(W64) - qr(W64)).abs().max().item()
-        orthonormality = (method(W32).mT @ method(W32) - eye).norm(dim=(-2, -1)).max().item()
+        Q = method(W32)
+        orthonormality = (Q.mT @ Q - eye).norm(dim=(-2, -1)).max().item()
         per_step = milliseconds(method, (a.batch, a.dim, a.m), a.steps, a.rounds)
         one_call = milliseconds(method, (a.batch * a.steps, a.dim, a.m), 1, a.rounds)
         print(f'{name:<14}{difference:>22.1e}{orthonormality:>17.1e}{per_step:>11.1f}{one_call:>11.1f}')

@@ -10,7 +10,7 @@ from conftest import assert_finite, perturb
 from devices import CUDA_ONLY
 from flows import (FLOWS, FlowSequence, HouseholderFlow, HouseholderSylvesterFlow, IAFStep, NiceFlow, NiceScaling,
                    OrthogonalSylvesterFlow, PlanarFlow, RadialFlow, SylvesterFlow, TriangularSylvesterFlow,
-                   build_flow)
+                   build_flow, orthonormal_factor)
 
 KINDS = list(FLOWS)
 NEW_KINDS = ['sylvester-orthogonal', 'sylvester-householder', 'sylvester-triangular', 'iaf']
@@ -546,6 +546,18 @@ def test_iaf_starts_near_the_identity_scaled():
     z_k, log_det = step(z)
     torch.testing.assert_close(z_k, torch.sigmoid(torch.tensor(2.0)) * z)
     torch.testing.assert_close(log_det, 3 * torch.nn.functional.logsigmoid(torch.tensor(2.0)).expand(4))
+
+
+def test_orthonormal_factor_is_the_qr_factor_whose_r_has_a_positive_diagonal():
+    """Q of W = QR (B, D, M) in float64: orthonormal columns, R = QᵀW upper triangular with R_ii > 0, and so the
+    factor of -W is -Q (the sign fixed by W, not by LAPACK)."""
+    W = torch.randn(6, 7, 4, dtype=torch.float64)
+    Q = orthonormal_factor(W)
+    R = Q.mT @ W
+    torch.testing.assert_close(Q.mT @ Q, torch.eye(4, dtype=torch.float64).expand(6, 4, 4))
+    torch.testing.assert_close(R, R.triu())
+    assert (R.diagonal(dim1=-2, dim2=-1) > 0).all()
+    torch.testing.assert_close(orthonormal_factor(-W), -Q)
 
 
 def test_new_flows_give_their_options_to_their_steps():
