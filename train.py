@@ -11,6 +11,7 @@ evaluation is split over the ranks, and only rank 0 writes files.
 Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (non-finite steps),
 128 + signal number when stopped by SIGINT/SIGTERM after saving a resumable checkpoint.
 """
+import json
 import math
 import os
 import shlex
@@ -459,9 +460,23 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
               monitor, test, state)
     if ckpt and distributed.is_main():
         carry_best(run)
-        if not args.eval_only:   # the log reads as one run: the records after the checkpoint are written again
-            truncate_log(run.path('logs', '.jsonl'), state['iter'])
+        if not args.eval_only and not already_finished(run):   # the log reads as one run: the records after
+            truncate_log(run.path('logs', '.jsonl'), state['iter'])   # the checkpoint are written again
     return run
+
+
+def already_finished(run):
+    """Whether a resumed run has nothing left to do: its training ended (--max_iter reached, or stopped
+    early) and `finish` wrote its summary at that iteration. Resuming it would only evaluate it again and
+    replace the summary, and with it an IW estimate an --eval_only run may have added."""
+    state = run.state
+    if run.args.eval_only or not run.args.resume or (state['iter'] < run.args.max_iter and not state['stopped_early']):
+        return False
+    try:
+        with open(run.path('logs', '_summary.json')) as f:
+            return json.load(f).get('iter') == state['iter']
+    except (OSError, ValueError):   # killed before the summary was written: `finish` has still to run
+        return False
 
 
 def carry_best(run):
@@ -486,10 +501,16 @@ def main(parser, script, build_model, arch, check_script_args=None, argv=None):
     tag = f'[rank{distributed.rank()}]: ' if distributed.rank() else ''
     try:
         run = setup(args, parser, argv, script, build_model, arch, check_script_args)
-        signum = None if args.eval_only else train(run)
-        if signum is None:
-            finish(run)
-        code = 0 if signum is None else 128 + signum
+        if already_finished(run):
+            if distributed.is_main():
+                print(f'{run.prefix} finished at iteration {run.state["iter"]}; its summary stands: '
+                      f'{run.path("logs", "_summary.json")}. To evaluate it again, add --eval_only', file=sys.stderr)
+            code = 0
+        else:
+            signum = None if args.eval_only else train(run)
+            if signum is None:
+                finish(run)
+            code = 0 if signum is None else 128 + signum
     except UsageError as e:   # datasets.DataError too
         print(f'{tag}error: {e}', file=sys.stderr)
         code = 2

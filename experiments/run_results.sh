@@ -33,7 +33,7 @@
 # TRAIN_DEVICE [auto] trains the MLP runs, CONV_DEVICE [auto] the conv runs, EVAL_DEVICE [auto]
 # evaluates. Each run trains with --iw_samples 0; its checkpoint is then evaluated with --eval_only
 # and K samples, so a GPU can evaluate while the CPUs train. A run stopped by SIGTERM is evaluated
-# at the iteration it reached, which the table shows.
+# at the iteration it reached, which the table shows; a finished run already evaluated with K is left as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs}
@@ -48,6 +48,12 @@ sections=("$@")
 
 last_checkpoint() {   # the run's checkpoint (not its best model's), if it has one
   [[ -d $1/checkpoints ]] && find "$1/checkpoints" -name '*.pt' ! -name '*_best.pt' | head -n 1 || true
+}
+
+has_iw() {   # whether the run's summary holds its IW estimate with K samples (a finished run resumed keeps it)
+  local summary check='import json, sys; sys.exit(json.load(open(sys.argv[1])).get("iw_samples") != int(sys.argv[2]))'
+  summary=$(find "$1/logs" -name '*_summary.json' 2> /dev/null | head -n 1)
+  [[ -n $summary ]] && python -c "$check" "$summary" "$2"
 }
 
 # one run: SECTION NAME SCRIPT DEVICE K FLAG... -> OUT/SECTION/NAME; a run that has a checkpoint is resumed
@@ -65,6 +71,7 @@ run() {
     return 0
   fi
   ((k)) || { echo "$section/$name: done" >&2; return 0; }
+  if has_iw "$dir" "$k"; then echo "$section/$name: done (evaluated before)" >&2; return 0; fi
   OMP_NUM_THREADS=1 nice python "$script" --resume "$(last_checkpoint "$dir")" --eval_only --device "$EVAL_DEVICE" \
     --iw_samples "$k" > "$dir/eval.out" 2>&1 \
     || echo "$section/$name: evaluation failed: $(tail -n 1 "$dir/eval.out")" >&2

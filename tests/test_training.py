@@ -151,8 +151,7 @@ def test_resume_continues_exactly(script, kind, device, data_root, tmp_path):
 def test_a_resumed_run_drops_the_log_records_after_its_checkpoint(data_root, tmp_path):
     """A run that went on past the checkpoint it is resumed from (iteration 4; it went to 8, and a kill left
     half a line) keeps its log up to iteration 4 but its final evaluation, byte for byte, and then logs as the
-    first time: every record once, in order. A finished run resumed evaluates again in place of its last final
-    record, not beside it."""
+    first time: every record once, in order."""
     out = str(tmp_path / 'run')
     flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--data_dir', data_root]
     assert run_script('static_flow_vae.py', [*flags, '--max_iter', '4', '--out_dir', out]) == 0
@@ -177,8 +176,35 @@ def test_a_resumed_run_drops_the_log_records_after_its_checkpoint(data_root, tmp
     assert without_speed(again) == without_speed(first)
     assert [r['iter'] for r in again if 'loss' in r] == [2, 4, 6, 8]
     assert [r['iter'] for r in again if r.get('final')] == [8]
-    assert run_script('static_flow_vae.py', ['--resume', resume]) == 0   # finished at 8: evaluated again
-    assert without_speed(read_log(out)[1]) == without_speed(again)
+
+
+def test_a_finished_run_resumed_keeps_its_log_and_summary_and_one_killed_before_its_summary_finishes(
+        data_root, tmp_path, capsys):
+    """Resuming a run that finished (here after an --eval_only pass added its IW estimate) changes no file and
+    says how to evaluate it again; a run killed after its last checkpoint but before its summary was written
+    is evaluated on resume."""
+    out = str(tmp_path / 'run')
+    flags = [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar', '--data_dir', data_root]
+    assert run_script('static_flow_vae.py', [*flags, '--iw_samples', '0', '--out_dir', out]) == 0
+    prefix, _ = read_log(out)
+    resume = os.path.join(out, 'checkpoints', f'{prefix}.pt')
+    assert run_script('static_flow_vae.py', ['--resume', resume, '--eval_only', '--iw_samples', '4']) == 0
+    files = [os.path.join(out, 'logs', f'{prefix}{suffix}') for suffix in ('.jsonl', '_summary.json')]
+
+    def contents():
+        return [open(path, 'rb').read() for path in files]
+    before = contents()
+    capsys.readouterr()
+    assert run_script('static_flow_vae.py', ['--resume', resume]) == 0
+    assert contents() == before
+    assert json.loads(before[1])['iw_samples'] == 4
+    assert 'finished at iteration 6' in capsys.readouterr().err
+
+    os.remove(files[1])   # killed during the final evaluation
+    assert run_script('static_flow_vae.py', ['--resume', resume]) == 0
+    summary = json.load(open(files[1]))
+    assert summary['iter'] == 6 and summary['final']
+    assert [r['iter'] for r in read_log(out)[1] if r.get('final')] == [6]
 
 
 def test_eval_only_reproduces_the_final_metrics(data_root, tmp_path):
