@@ -5,8 +5,9 @@
 
 The model is the mnist40 MLP (2 x 400, latent 40, flows of length 16, batch 128, random binary images), on
 one thread. For each variant (amortized planar, IAF, sylvester-orthogonal at M = 8, 16, 40,
-sylvester-householder with H = 8, sylvester-triangular) and each mode (eager float32, --compile 1,
---compile 1 --precision bf16) it times, forward and backward, each part of the step on its own:
+sylvester-householder with H = 8, sylvester-triangular; amortized NICE, whose context enters its coupling nets,
+has its whole step timed only) and each mode (eager float32, --compile 1, --compile 1 --precision bf16) it
+times, forward and backward, each part of the step on its own:
 
     encoder       x -> (mean, log_var, context)
     context       the context layers: context (B, 400) -> every step's parameters (a network: bfloat16 under bf16)
@@ -15,9 +16,11 @@ sylvester-householder with H = 8, sylvester-triangular) and each mode (eager flo
     likelihood    the decoder and log p(x|z_K)
     Adam          the fused Adam step over all parameters, and over the context layers' alone
 
-each compiled on its own in the compiled modes, and beside each part its floor: the part's FLOPs
-(torch.utils.flop_counter: matrix products) at this CPU's torch.mm rate in the part's dtype, measured in
-the same run at the context layer's shape. Then the whole training step (train.train_step) of every
+each compiled on its own in the compiled modes. Beside each part, in each mode, its matrix products alone: the
+products it ran (recorded as it ran them, eagerly, in the mode's precision), replayed on the same tensors, which
+is what the part costs at these shapes with no other work; and its floor at large-product rates: the part's
+FLOPs (torch.utils.flop_counter: matrix products) at this CPU's torch.mm rate in float32 and bfloat16,
+measured in the same run at the context layer's shape. Then the whole training step (train.train_step) of every
 variant in each mode, timed in interleaved rounds so that a change of load hits all variants alike, its
 it/s as a ratio to amortized planar's, and the hours a full-budget run (390,000 iterations) takes on one
 core at that speed. With --device cuda (--steps_only) the whole steps run on the GPU, and the hours are those of
@@ -31,6 +34,7 @@ import time
 from types import SimpleNamespace
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,9 +44,11 @@ from flows import IAFStep, SylvesterFlow, full_precision  # noqa: E402
 
 BATCH, LATENT, HIDDEN, LENGTH = 128, 40, 400, 16
 FULL_BUDGET = 390_000
-VARIANTS = {'planar': ('planar', 0), 'iaf': ('iaf', 0), 'orthogonal-8': ('sylvester-orthogonal', 8),
-            'orthogonal-16': ('sylvester-orthogonal', 16), 'orthogonal-40': ('sylvester-orthogonal', 40),
-            'householder-8': ('sylvester-householder', 0), 'triangular': ('sylvester-triangular', 0)}
+VARIANTS = {'planar': ('planar', 0), 'nice': ('nice', 0), 'iaf': ('iaf', 0),
+            'orthogonal-8': ('sylvester-orthogonal', 8), 'orthogonal-16': ('sylvester-orthogonal', 16),
+            'orthogonal-40': ('sylvester-orthogonal', 40), 'householder-8': ('sylvester-householder', 0),
+            'triangular': ('sylvester-triangular', 0)}
+WHOLE_STEP_ONLY = ('nice',)   # no context layer to time apart
 MODES = {'eager': (0, 'fp32'), 'compile': (1, 'fp32'), 'compile+bf16': (1, 'bf16')}
 
 
@@ -72,6 +78,14 @@ def mm_rates(n):
         a, b = torch.randn(BATCH, HIDDEN, dtype=dtype), torch.randn(HIDDEN, n, dtype=dtype)
         rates[dtype] = 2 * BATCH * HIDDEN * n / seconds(lambda: a @ b, 20) / 1e9
     return rates
+
+
+def mask_store_us():
+    """Microseconds of a compiled x <= 0 on (B, 160), stored as booleans and as floats: what a ReLU's saved mask
+    costs under torch.compile (flows.relu)."""
+    x = torch.randn(BATCH, 160)
+    as_bool, as_float = torch.compile(lambda x: x <= 0), torch.compile(lambda x: (x <= 0).float())
+    return tuple(1e6 * seconds(lambda f=f: f(x), 200) for f in (as_bool, as_float))
 
 
 def context_layers(flow):
@@ -149,18 +163,47 @@ def flops(fn):
     return counter.get_total_flops()
 
 
+class RecordProducts(TorchDispatchMode):
+    """Keeps every matrix product run under it, with its arguments, as `calls`."""
+    OPS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+           torch.ops.aten.baddbmm.default)
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            self.calls.append((func, [a.detach() if torch.is_tensor(a) else a for a in args], kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def products_alone(fn):
+    """fn() replaying the matrix products that one call of `fn` runs, on the tensors it ran them on."""
+    recorder = RecordProducts()
+    with recorder:
+        fn()
+
+    def replay():
+        for func, args, kwargs in recorder.calls:
+            func(*args, **kwargs)
+    return replay
+
+
 def profile(variant, modes, iters, rates):
-    """{mode: {part: ms}} and {part: (floor ms fp32, floor ms bf16)} of one variant."""
-    table, floors = {}, {}
+    """{mode: {part: ms}}, {mode: {part: ms of its matrix products alone}} and {part: (floor ms fp32, floor ms
+    bf16)} of one variant."""
+    table, alone, floors = {}, {}, {}
     for mode in modes:
         args = flags(variant, mode)
         torch.manual_seed(0)
         model = static_flow_vae.build_model(args, (1, 28, 28))
         x = (torch.rand(BATCH, 1, 28, 28) < 0.3).float()
-        table[mode] = {}
+        table[mode], alone[mode] = {}, {}
         for name, (forward, inputs) in parts(model, x, args.precision).items():
             fn = backward_of(torch.compile(forward) if args.compile else forward, inputs)
             table[mode][name] = 1e3 * seconds(fn, iters)
+            alone[mode][name] = 1e3 * seconds(products_alone(backward_of(forward, inputs)), iters)
             if name not in floors:
                 count = flops(backward_of(forward, inputs))
                 floors[name] = tuple(1e3 * count / rates[d] / 1e9 for d in (torch.float32, torch.bfloat16))
@@ -168,7 +211,7 @@ def profile(variant, modes, iters, rates):
         table[mode]['Adam'] = 1e3 * seconds(adam_step(list(model.parameters())), iters)
         table[mode]['Adam, context'] = 1e3 * seconds(adam_step(context_params), iters)
         torch._dynamo.reset()
-    return table, floors
+    return table, alone, floors
 
 
 def whole_steps(variants, modes, rounds, iters, device):
@@ -220,21 +263,25 @@ def main():
         if device.type != 'cpu' else f'1 thread on {os.cpu_count()} CPUs'
     print(f'torch {torch.__version__}, {where}, load average {os.getloadavg()[0]:.1f}; '
           f'MLP 2x{HIDDEN}, latent {LATENT}, length {LENGTH}, batch {BATCH}')
+    if device.type == 'cpu':
+        print('compiled x <= 0 on ({}, 160), stored as booleans: {:.0f} us, as floats: {:.0f} us'.format(
+            BATCH, *mask_store_us()))
     if not args.steps_only:
         rates = mm_rates(1680)
         print(f'torch.mm ({BATCH}x{HIDDEN}) @ ({HIDDEN}x1680): {rates[torch.float32]:.0f} GFLOP/s float32, '
               f'{rates[torch.bfloat16]:.0f} bfloat16')
-    for variant in [] if args.steps_only else variants:
-        table, floors = profile(variant, args.modes, args.iters, rates)
+    for variant in [] if args.steps_only else [v for v in variants if v not in WHOLE_STEP_ONLY]:
+        table, alone, floors = profile(variant, args.modes, args.iters, rates)
         if variant == variants[0]:
-            print(f'\nms per part, forward + backward (median of {args.iters}); floor: its matrix products at '
-                  'those rates')
-            print(f'{"variant":<15}{"part":<15}' + ''.join(f'{m:>14}' for m in args.modes)
+            print(f'\nms per part, forward + backward (median of {args.iters}); alone: its matrix products alone, '
+                  'in that mode; floor: its matrix products at those rates')
+            print(f'{"variant":<15}{"part":<15}' + ''.join(f'{m:>14}{"alone":>8}' for m in args.modes)
                   + f'{"floor fp32":>12}{"floor bf16":>12}')
         for name in table[args.modes[0]]:
             floor = ''.join(f'{f:>12.1f}' for f in floors[name]) if name in floors else f'{"":>24}'
-            print(f'{variant:<15}{name:<15}' + ''.join(f'{table[m][name]:>14.1f}' for m in args.modes) + floor,
-                  flush=True)
+            times = ''.join(f'{table[m][name]:>14.1f}' + (f'{alone[m][name]:>8.1f}' if name in alone[m] else f'{"":>8}')
+                            for m in args.modes)
+            print(f'{variant:<15}{name:<15}' + times + floor, flush=True)
     speeds = whole_steps(variants, args.modes, args.rounds, args.iters, device)
     print(f'\nwhole training step, it/s (median over {args.rounds} interleaved rounds of {args.iters} steps); '
           f'ratio to amortized planar; hours of one {"core" if device.type == "cpu" else device.type} for '

@@ -10,7 +10,7 @@ from conftest import assert_finite, perturb
 from devices import CUDA_ONLY
 from flows import (FLOWS, FlowSequence, HouseholderFlow, HouseholderSylvesterFlow, IAFStep, NiceFlow, NiceScaling,
                    OrthogonalSylvesterFlow, PlanarFlow, RadialFlow, SylvesterFlow, TriangularSylvesterFlow,
-                   build_flow, orthonormal_factor)
+                   build_flow, orthonormal_factor, relu)
 
 KINDS = list(FLOWS)
 NEW_KINDS = ['sylvester-orthogonal', 'sylvester-householder', 'sylvester-triangular', 'iaf']
@@ -251,6 +251,19 @@ def test_nice_couplings_preserve_volume(dim, amortized):
                               for k in range(3)], 'nice', dim)
     z, context = inputs(dim, amortized)
     torch.testing.assert_close(autograd_log_det(couplings, z, context), torch.zeros(4), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_relu_is_max_x_0_bit_for_bit_with_its_gradient_off_0(dtype):
+    """NICE's and IAF's networks use flows.relu: the same numbers as F.relu, forward and backward (but at 0)."""
+    x = torch.cat([torch.randn(1000, dtype=dtype) * 10.0 ** torch.randint(-30, 30, (1000,)),
+                   torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e37, -1e37], dtype=dtype)])
+    assert torch.equal(relu(x), torch.nn.functional.relu(x))
+    x = x[x != 0].requires_grad_()
+    weights = torch.randn_like(x)
+    grad, = torch.autograd.grad((relu(x) * weights).sum(), x)
+    expected, = torch.autograd.grad((torch.nn.functional.relu(x) * weights).sum(), x)
+    assert torch.equal(grad, expected)
 
 
 @pytest.mark.parametrize('dim', [2, 3, 5])
