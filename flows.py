@@ -49,10 +49,13 @@ def orthonormal_factor(W):
 
 
 def relu(x):
-    """max(x, 0), bit for bit (|x| < 1e38), written (x + |x|) / 2: torch.compile then keeps x for the backward
-    rather than a boolean mask of x > 0, and inductor's CPU code stores boolean masks more than 10x slower than
-    floats (docs/speed.md). The gradient is F.relu's but at x = 0 exactly, where it is 1/2."""
-    return (x + x.abs()) / 2
+    """F.relu, and under torch.compile max(x, 0) written (x + |x|) / 2: the same numbers bit for bit (|x| < 1e38),
+    but the compiled backward then keeps x rather than a boolean mask of x > 0, and inductor's CPU code stores
+    boolean masks more than 10x slower than floats (docs/speed.md). Its gradient is F.relu's but at x = 0
+    exactly, where it is 1/2."""
+    if torch.compiler.is_compiling():
+        return (x + x.abs()) / 2
+    return F.relu(x)
 
 
 class ReLU(nn.Module):

@@ -253,15 +253,18 @@ def test_nice_couplings_preserve_volume(dim, amortized):
     torch.testing.assert_close(autograd_log_det(couplings, z, context), torch.zeros(4), atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize('compiled', [False, True], ids=['eager', 'compiled'])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
-def test_relu_is_max_x_0_bit_for_bit_with_its_gradient_off_0(dtype):
-    """NICE's and IAF's networks use flows.relu: the same numbers as F.relu, forward and backward (but at 0)."""
+def test_relu_is_max_x_0_bit_for_bit_with_its_gradient_off_0(dtype, compiled):
+    """NICE's and IAF's networks use flows.relu: the same numbers as F.relu, forward and backward (but at 0),
+    eager and compiled (where it is written another way)."""
     x = torch.cat([torch.randn(1000, dtype=dtype) * 10.0 ** torch.randint(-30, 30, (1000,)),
                    torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e37, -1e37], dtype=dtype)])
-    assert torch.equal(relu(x), torch.nn.functional.relu(x))
+    fn = torch.compile(relu) if compiled else relu
+    assert torch.equal(fn(x), torch.nn.functional.relu(x))
     x = x[x != 0].requires_grad_()
     weights = torch.randn_like(x)
-    grad, = torch.autograd.grad((relu(x) * weights).sum(), x)
+    grad, = torch.autograd.grad((fn(x) * weights).sum(), x)
     expected, = torch.autograd.grad((torch.nn.functional.relu(x) * weights).sum(), x)
     assert torch.equal(grad, expected)
 
