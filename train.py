@@ -227,6 +227,8 @@ def train(run):
     log_path = run.path('logs', '.jsonl')
     params = [p for p in model.parameters() if p.requires_grad]
     net, main = distributed.wrap(model), distributed.is_main()
+    if args.resume and main:   # the log reads as one run: the records after the checkpoint are written again
+        truncate_log(log_path, state['iter'])
     if args.compile:
         torch._inductor.config.fallback_random = True   # draw eps from torch's generator, as in eager mode
         # 2: CUDA graphs of the compiled forward and backward (inductor's cudagraph trees), refused by setup
@@ -460,8 +462,6 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
               monitor, test, state)
     if ckpt and distributed.is_main():
         carry_best(run)
-        if not args.eval_only and not already_finished(run):   # the log reads as one run: the records after
-            truncate_log(run.path('logs', '.jsonl'), state['iter'])   # the checkpoint are written again
     return run
 
 
