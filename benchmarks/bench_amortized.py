@@ -2,6 +2,7 @@
 
     python benchmarks/bench_amortized.py [--rounds 5] [--iters 10] [--variants planar iaf ...] [--modes ...]
                                          [--steps_only] [--device cuda]
+    python benchmarks/bench_amortized.py --profile --variants triangular --modes compile+bf16
 
 The model is the mnist40 MLP (2 x 400, latent 40, flows of length 16, batch 128, random binary images), on
 one thread. For each variant (amortized planar, IAF, sylvester-orthogonal at M = 8, 16, 40,
@@ -24,7 +25,8 @@ measured in the same run at the context layer's shape. Then the whole training s
 variant in each mode, timed in interleaved rounds so that a change of load hits all variants alike, its
 it/s as a ratio to amortized planar's, and the hours a full-budget run (390,000 iterations) takes on one
 core at that speed. With --device cuda (--steps_only) the whole steps run on the GPU, and the hours are those of
-one GPU.
+one GPU. With --profile it instead lists, for each variant, where its whole step's time goes (torch.profiler,
+each inductor kernel by name).
 """
 import argparse
 import os
@@ -214,30 +216,49 @@ def profile(variant, modes, iters, rates):
     return table, alone, floors
 
 
+def training_step(variant, mode, device):
+    """train.train_step of `variant` in `mode` on `device` as a function of no arguments, compiled (2 calls)."""
+    args = flags(variant, mode)
+    torch.manual_seed(0)
+    model = static_flow_vae.build_model(args, (1, 28, 28)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    params = list(model.parameters())
+    net = torch.compile(model) if args.compile else model
+    x = (torch.rand(BATCH, 1, 28, 28, device=device) < 0.3).float()
+    zero = torch.zeros(BATCH, device=device)
+
+    def step():
+        train.train_step(model, optimizer, params, x, zero, args, 1, net)[0].item()
+    step(), step()
+    return step
+
+
 def whole_steps(variants, modes, rounds, iters, device):
     """{mode: {variant: it/s}}: train.train_step on `device`, the variants interleaved in each of `rounds` rounds
     (each step ends in a host sync: its loss is read)."""
-    steps = {}
-    for mode in modes:
-        for variant in variants:
-            args = flags(variant, mode)
-            torch.manual_seed(0)
-            model = static_flow_vae.build_model(args, (1, 28, 28)).to(device)
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-            params = list(model.parameters())
-            net = torch.compile(model) if args.compile else model
-            x = (torch.rand(BATCH, 1, 28, 28, device=device) < 0.3).float()
-            zero = torch.zeros(BATCH, device=device)
-
-            def step(model=model, optimizer=optimizer, params=params, net=net, x=x, zero=zero, args=args):
-                train.train_step(model, optimizer, params, x, zero, args, 1, net)[0].item()
-            step(), step()   # compile
-            steps[mode, variant] = step
+    steps = {(mode, variant): training_step(variant, mode, device) for mode in modes for variant in variants}
     times = {key: [] for key in steps}
     for _ in range(rounds):
         for key, step in steps.items():
             times[key].append(seconds(step, iters))
     return {mode: {v: 1 / statistics.median(times[mode, v]) for v in variants} for mode in modes}
+
+
+def profile_whole_step(variant, mode, steps, rows=15):
+    """The whole step as torch.profiler sees it: the `rows` operations and inductor kernels with the most time
+    of their own, in ms per step, over `steps` steps."""
+    torch._inductor.config.cpp.enable_kernel_profile = True     # name each compiled kernel in the profile
+    step = training_step(variant, mode, 'cpu')
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    total = (time.perf_counter() - start) / steps
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+    print(f'\n{variant}, {mode}: {1e3 * total:.1f} ms per step under the profiler; time of its own, ms per step')
+    print(f'{"ms":>7}{"calls":>7}  operation or kernel (graph_*: inductor\'s; fused_<ops> names the ops it fuses)')
+    for e in events:
+        print(f'{e.self_cpu_time_total / 1e3 / steps:>7.1f}{e.count / steps:>7.0f}  {e.key[:110]}')
 
 
 def main():
@@ -248,10 +269,14 @@ def main():
     p.add_argument('--rounds', type=int, default=5, help='interleaved rounds of the whole-step timing (default 5)')
     p.add_argument('--modes', nargs='+', default=list(MODES), choices=list(MODES), help='default: all three')
     p.add_argument('--steps_only', action='store_true', help='time the whole step only, not its parts')
+    p.add_argument('--profile', action='store_true', help='instead: where the whole step of each variant '
+                                                              '(in the first mode given) spends its time')
     p.add_argument('--device', default='cpu', help='where the whole steps run (default cpu; another needs '
                                                    '--steps_only)')
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.profile and (args.steps_only or device.type != 'cpu'):
+        p.error('--profile profiles the step on the CPU: leave out --steps_only and --device')
     if device.type != 'cpu' and not args.steps_only:
         p.error(f'--device {args.device} times the whole steps only: add --steps_only')
     torch.set_num_threads(1)
@@ -263,6 +288,10 @@ def main():
         if device.type != 'cpu' else f'1 thread on {os.cpu_count()} CPUs'
     print(f'torch {torch.__version__}, {where}, load average {os.getloadavg()[0]:.1f}; '
           f'MLP 2x{HIDDEN}, latent {LATENT}, length {LENGTH}, batch {BATCH}')
+    if args.profile:
+        for variant in variants:
+            profile_whole_step(variant, args.modes[0], args.iters)
+        return
     if device.type == 'cpu':
         print('compiled x <= 0 on ({}, 160), stored as booleans: {:.0f} us, as floats: {:.0f} us'.format(
             BATCH, *mask_store_us()))
