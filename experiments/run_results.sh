@@ -19,7 +19,9 @@
 #            (H = 8), days each on one CPU core, meant for a GPU. A run folder that has a checkpoint is
 #            resumed, not restarted.
 #   latent2_full  the mnist40_full protocol with --latent_dim 2: the plain VAE with seeds 0, 1, 2, then each
-#            flow amortized and static with seed 0; K = 5000, and the exact log p(x) of every run
+#            flow amortized and static with seed 0, then seeds 1 and 2 of the runs SEEDS_OF names (MODE:FLOW
+#            ..., e.g. SEEDS_OF='amortized:nice static:iaf', the flows that close the most gap); K = 5000,
+#            and the exact log p(x) of every run
 #   lr_schedule  the check behind the cosine schedule: the plain VAE of mnist40_full, 20,000 iterations,
 #            constant and cosine learning rate, validation ELBO only
 #   clip2d   the amortized planar run of latent2 with seeds 0, 1, 2, each without and with --clip_grad 500;
@@ -27,7 +29,7 @@
 #
 # Environment [default]: OUT [runs] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...}; at the end
 # experiments/collect_results.py copies each finished run's log and summary to results/SECTION/RUN/;
-# ITERS [5000, as in the README]; FLOWS [none planar radial householder nice] (fashion: none planar);
+# ITERS [5000, as in the README]; SEEDS_OF [none] (latent2_full); FLOWS [none planar radial householder nice] (fashion: none planar);
 # K_CONV [250]; RUNS [all] a regular expression: only the runs whose name it matches are launched;
 # JOBS [number of CPUs] runs at once, one CPU thread each;
 # TRAIN_DEVICE [auto] trains the MLP runs, CONV_DEVICE [auto] the conv runs, EVAL_DEVICE [auto]
@@ -45,6 +47,9 @@ CONV_DEVICE=${CONV_DEVICE:-auto}
 EVAL_DEVICE=${EVAL_DEVICE:-auto}
 sections=("$@")
 ((${#sections[@]})) || sections=(latent2 seed2 mnist40 fashion)
+for run in ${SEEDS_OF:-}; do
+  [[ $run =~ ^(static|amortized):[a-z-]+$ ]] || { echo "SEEDS_OF: '$run' is not MODE:FLOW, e.g. amortized:nice" >&2; exit 2; }
+done
 
 last_checkpoint() {   # the run's checkpoint (not its best model's), if it has one
   [[ -d $1/checkpoints ]] && find "$1/checkpoints" -name '*.pt' ! -name '*_best.pt' | head -n 1 || true
@@ -152,6 +157,9 @@ for section in "${sections[@]}"; do
       for flow in planar radial householder nice sylvester-orthogonal sylvester-householder sylvester-triangular iaf; do
         full_run latent2_full amortized "$flow" 0
         full_run latent2_full static "$flow" 0
+      done
+      for run in ${SEEDS_OF:-}; do
+        for seed in 1 2; do full_run latent2_full "${run%%:*}" "${run#*:}" "$seed"; done
       done ;;
     lr_schedule)
       for schedule in none cosine; do
