@@ -4,7 +4,7 @@
 
 Each folder is either a committed run (log.jsonl, summary.json) or a run folder (logs/<prefix>.jsonl,
 logs/<prefix>_summary.json). The weights are reproduced when every validation ELBO that both logs hold is
-equal, bit for bit, and the evaluation when the summaries' test numbers are (ELBO, IW, exact log p(x)).
+equal, bit for bit, and the evaluation when the test numbers both summaries hold are (ELBO, IW, exact log p(x)).
 Training losses are means over a logging window, so a window cut by a stop and a resume differs; they are
 counted, not required to be equal. Timings are ignored. Exits 1 if a validation ELBO or a test number differs.
 """
@@ -57,10 +57,11 @@ def compare(committed, retrained):
         with open(summary_a) as f, open(summary_b) as g:
             a, b = json.load(f), json.load(g)
         for key in TEST_NUMBERS:
-            if key in a or key in b:
-                equal = a.get(key) == b.get(key)
-                same_test &= equal
-                print(f'{key}: {a.get(key)} and {b.get(key)}, {"equal" if equal else "DIFFERENT"}')
+            if key in a and key in b:
+                same_test &= a[key] == b[key]
+                print(f'{key}: {a[key]} and {b[key]}, {"equal" if a[key] == b[key] else "DIFFERENT"}')
+            elif key in a or key in b:
+                print(f'{key}: only in the {"committed" if key in a else "retrained"} summary, not compared')
     else:
         print('test numbers: not compared, a summary is missing')
     return not val_diff and bool(common) and same_test

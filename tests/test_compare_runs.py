@@ -71,6 +71,14 @@ def test_a_run_unfinished_compares_its_weights_alone(tmp_path, capsys):
     assert 'not compared, a summary is missing' in capsys.readouterr().out
 
 
+def test_a_test_number_in_one_summary_only_is_named_not_compared(tmp_path, capsys):
+    without_iw = {key: value for key, value in SUMMARY.items() if key not in ('test_log_px_iw', 'iw_samples')}
+    assert compare_runs.compare(committed_run(tmp_path / 'a'), run_folder(tmp_path / 'b', LOG, without_iw))
+    out = capsys.readouterr().out
+    assert 'test_log_px_iw: only in the committed summary, not compared' in out
+    assert 'test_elbo: -93.75 and -93.75, equal' in out
+
+
 def test_no_common_evaluation_fails(tmp_path):
     assert not compare_runs.compare(committed_run(tmp_path / 'a'), run_folder(tmp_path / 'b', LOG[:1]))
 
