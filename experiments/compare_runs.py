@@ -14,38 +14,42 @@ import json
 import os
 import sys
 
+from results_table import read_run
+
 TEST_NUMBERS = ('test_elbo', 'test_log_px_iw', 'iw_samples', 'test_log_px_exact')
 
 
-def run_files(folder):
-    """(log, summary) paths of a committed run or a run folder; summary None if there is none."""
+def read(folder):
+    """(log records, summary dict or {}) of a committed run (results_table.read_run) or of a run folder."""
     if os.path.exists(os.path.join(folder, 'log.jsonl')):
-        summary = os.path.join(folder, 'summary.json')
-        return os.path.join(folder, 'log.jsonl'), summary if os.path.exists(summary) else None
+        return read_run(folder)
     logs = glob.glob(os.path.join(folder, 'logs', '*.jsonl'))
     if len(logs) != 1:
         raise SystemExit(f'error: {folder} holds no log.jsonl and not exactly one logs/*.jsonl: name a run folder')
-    summary = logs[0][:-len('.jsonl')] + '_summary.json'
-    return logs[0], summary if os.path.exists(summary) else None
-
-
-def logged(path, key):
-    """{iteration: value} of every record of the log at `path` that holds `key`."""
-    with open(path) as f:
+    with open(logs[0]) as f:
         records = [json.loads(line) for line in f]
+    summary = logs[0][:-len('.jsonl')] + '_summary.json'
+    if not os.path.exists(summary):
+        return records, {}
+    with open(summary) as f:
+        return records, json.load(f)
+
+
+def logged(records, key):
+    """{iteration: value} of every record that holds `key`."""
     return {r['iter']: r[key] for r in records if key in r}
 
 
 def compare(committed, retrained):
     """Print the comparison; return whether the weights and the evaluation are reproduced."""
-    (log_a, summary_a), (log_b, summary_b) = run_files(committed), run_files(retrained)
-    val_a, val_b = logged(log_a, 'val_elbo'), logged(log_b, 'val_elbo')
+    (records_a, a), (records_b, b) = read(committed), read(retrained)
+    val_a, val_b = logged(records_a, 'val_elbo'), logged(records_b, 'val_elbo')
     common = sorted(set(val_a) & set(val_b))
     val_diff = [it for it in common if val_a[it] != val_b[it]]
     print(f'validation ELBO: {len(common)} evaluations in both logs ({len(val_a)} and {len(val_b)}), '
           f'{len(common) - len(val_diff)} equal bit for bit'
           + (f'; differ at iterations {val_diff[:10]}' if val_diff else ''))
-    loss_a, loss_b = logged(log_a, 'loss'), logged(log_b, 'loss')
+    loss_a, loss_b = logged(records_a, 'loss'), logged(records_b, 'loss')
     both = sorted(set(loss_a) & set(loss_b))
     relative = {it: abs(loss_a[it] - loss_b[it]) / abs(loss_a[it]) for it in both}
     far = [it for it in both if relative[it] > 1e-6]
@@ -53,9 +57,7 @@ def compare(committed, retrained):
           f'{len(both) - len(far)} within 1e-6 relative'
           + (f'; further apart at iterations {far[:10]} (at most {max(relative.values()):.2g})' if far else ''))
     same_test = True
-    if summary_a and summary_b:
-        with open(summary_a) as f, open(summary_b) as g:
-            a, b = json.load(f), json.load(g)
+    if a and b:
         for key in TEST_NUMBERS:
             if key in a and key in b:
                 same_test &= a[key] == b[key]
