@@ -18,7 +18,7 @@
 #            and amortized sylvester-orthogonal with M = 16, then the amortized Sylvester flows at M = D
 #            (H = 8), days each on one CPU core, meant for a GPU. A run folder that has a checkpoint is
 #            resumed, not restarted.
-#   latent2_full  the mnist40_full protocol with --latent_dim 2: the plain VAE with seeds 0, 1, 2, then each
+#   latent2_full  the mnist40_full protocol with --latent_dim 2 and float32 networks: the plain VAE with seeds 0, 1, 2, then each
 #            flow amortized and static with seed 0, then seeds 1 and 2 of the runs SEEDS_OF names (MODE:FLOW
 #            ..., e.g. SEEDS_OF='amortized:nice static:iaf', the flows that close the most gap); K = 5000,
 #            and the exact log p(x) of every run
@@ -96,17 +96,19 @@ launch() {   # run in the background, at most JOBS at once
 
 read -r -a flows <<< "${FLOWS:-none planar radial householder nice}"
 mlp40=(--latent_dim 40 --layer 2 --hidden_dim 400 --length 16 --max_iter "$ITERS" --warmup $((ITERS / 5)))
-# the full-budget protocol of mnist40_full and latent2_full, but for the latent dimension
+# the full-budget protocol of mnist40_full and latent2_full, but for the latent dimension and the precision:
+# bfloat16 networks in 40-D; float32 in 2-D, whose step bfloat16 makes 1.4x faster on a CPU with AVX512-BF16
+# and 3.3x slower on one without (docs/speed.md), so that the section runs at one precision on either
 protocol=(--layer 2 --hidden_dim 400 --length 16 --warmup 10000 --val_size 10000 --max_iter 390000
           --lr_schedule cosine --eval_every 1950 --patience 10 --log_every 390 --ckpt_every 1950
-          --sample_every 39000 --compile 1 --precision bf16)
+          --sample_every 39000 --compile 1)
 full_run() {   # SECTION MODE FLOW SEED [NAME_SUFFIX FLAG...]: a run of the protocol, mlp_MODE_FLOW[SUFFIX]_seedSEED; K = 5000
-  local section=$1 mode=$2 flow=$3 seed=$4 suffix=${5:-} dim=40 script=static_flow_vae.py
+  local section=$1 mode=$2 flow=$3 seed=$4 suffix=${5:-} dim=40 precision=bf16 script=static_flow_vae.py
   shift $(($# < 5 ? $# : 5))
-  [[ $section == latent2_full ]] && dim=2
+  [[ $section == latent2_full ]] && dim=2 precision=fp32
   [[ $mode == amortized ]] && script=dynamic_flow_vae.py
   launch "$section" "mlp_${mode}_${flow}${suffix}_seed$seed" "$script" "$TRAIN_DEVICE" 5000 --latent_dim "$dim" \
-    "${protocol[@]}" --flow "$flow" --seed "$seed" "$@"
+    "${protocol[@]}" --precision "$precision" --flow "$flow" --seed "$seed" "$@"
 }
 for section in "${sections[@]}"; do
   case $section in
