@@ -1,4 +1,5 @@
 """experiments/collect_results.py and results_table.py: the README's tables from committed run files."""
+import glob
 import json
 import os
 import sys
@@ -6,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from scripts import read_log, run_script
+from scripts import ROOT, read_log, run_script
 from test_training import spy_on_evaluate
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments'))
@@ -178,3 +179,16 @@ def test_2d_rows_give_the_share_of_the_plain_vaes_gap_they_close(section, capsys
     assert (mean, seeds) == (5.75, 2) and spread == pytest.approx(1.5 / 2 ** 0.5)
     results_table.gap_figure(str(section), str(section / 'gaps.png'))
     assert os.path.getsize(section / 'gaps.png') > 0
+
+
+SECTIONS = sorted({os.path.dirname(os.path.dirname(log)) for log in glob.glob(os.path.join(ROOT, 'results', '*', '*',
+                                                                                        'log.jsonl'))})
+
+
+@pytest.mark.parametrize('section', SECTIONS, ids=os.path.basename)
+def test_each_committed_sections_table_is_in_the_readme_or_results_doc_as_printed(section, capsys):
+    results_table.table(section)
+    printed = capsys.readouterr().out.split('\n\n')
+    table = next(block.strip() for block in printed if block.strip().startswith('|'))
+    docs = ''.join(open(os.path.join(ROOT, name)).read() for name in ('README.md', os.path.join('docs', 'results.md')))
+    assert table in docs, f'the table of results/{os.path.basename(section)} is not in the README or docs/results.md'
