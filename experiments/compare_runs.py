@@ -61,7 +61,8 @@ def compare(committed, retrained):
         for key in TEST_NUMBERS:
             if key in a and key in b:
                 same_test &= a[key] == b[key]
-                print(f'{key}: {a[key]} and {b[key]}, {"equal" if a[key] == b[key] else "DIFFERENT"}')
+                print(f'{key}: {a[key]} and {b[key]}, '
+                      + ('equal' if a[key] == b[key] else f'DIFFERENT by {abs(a[key] - b[key]):.2g}'))
             elif key in a or key in b:
                 print(f'{key}: only in the {"committed" if key in a else "retrained"} summary, not compared')
     else:
