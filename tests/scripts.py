@@ -21,6 +21,7 @@ def run_script(script, argv):
     finally:
         sys.argv = old
         torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)   # as the test process starts; a CPU run sets it
     raise AssertionError('the script returned without sys.exit')
 
 

@@ -524,3 +524,22 @@ def test_warmup_weighs_the_kl_terms_of_each_step_by_beta_rising_to_1(data_root, 
     assert run_script('static_flow_vae.py', [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--flow', 'planar',
                                              '--warmup', '4', '--data_dir', data_root, '--out_dir', str(tmp_path)]) == 0
     assert betas == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def subnormal_survives():
+    """Whether 1e-39, a subnormal float32, multiplied by 1 is still 1e-39 on this thread (0 where they are flushed)."""
+    return (torch.full((1,), 1e-39) * 1.0).item() != 0
+
+
+def test_a_cpu_run_flushes_subnormal_floats_to_zero_while_it_trains(data_root, tmp_path, monkeypatch):
+    seen, real = [], train.train_step
+
+    def train_step(*args, **kwargs):
+        seen.append(subnormal_survives())
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, 'train_step', train_step)
+    assert subnormal_survives()
+    assert run_script('static_flow_vae.py', [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--device', 'cpu',
+                                             '--data_dir', data_root, '--out_dir', str(tmp_path)]) == 0
+    assert seen == [False] * 6
+
