@@ -417,7 +417,7 @@ def setup(args, parser, argv, script, build_model, arch, check_script_args):
         # A weight whose gradient is exactly zero for a while (a pixel black in every image of the batch, a ReLU
         # unit off) has Adam's first moment decay through the subnormal floats, which some CPUs handle 10-30x
         # slower; flushed to zero they change no weight (docs/speed.md). This sets the calling thread's flag,
-        # which covers all the work at one thread.
+        # which does all the work at one thread.
         torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
     model = build_model(args, image_shape).to(device)
