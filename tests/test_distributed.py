@@ -156,7 +156,9 @@ def train_steps(data_root, configs, rank=0, world=1, device='cpu'):
             args = SimpleNamespace(**TRAINING, **config)
             torch.manual_seed(0)
             model = build_model(args, (1, 28, 28)).to(device)
-            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay))
+            # eps 1e-3, not 1e-8: Adam moves a weight whose gradient is near eps by about lr whatever the gradient's
+            # last bits, which differ with the summation order; a larger eps keeps the final states comparable
+            optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(args.momentum, args.decay), eps=1e-3)
             params = list(model.parameters())
             net = distributed.wrap(model)
             batches = data_utils.Batches(images, labels, BATCH, device, seed=0, rank=rank, world_size=world)
