@@ -10,7 +10,6 @@ counted, not required to be equal. Timings are ignored. Exits 1 if a validation 
 """
 import argparse
 import glob
-import json
 import os
 import sys
 
@@ -20,19 +19,14 @@ TEST_NUMBERS = ('test_elbo', 'test_log_px_iw', 'iw_samples', 'test_log_px_exact'
 
 
 def read(folder):
-    """(log records, summary dict or {}) of a committed run (results_table.read_run) or of a run folder."""
+    """(log records, summary dict or {}) of a committed run or of a run folder (results_table.read_run)."""
     if os.path.exists(os.path.join(folder, 'log.jsonl')):
         return read_run(folder)
     logs = glob.glob(os.path.join(folder, 'logs', '*.jsonl'))
     if len(logs) != 1:
         raise SystemExit(f'error: {folder} holds no log.jsonl and not exactly one logs/*.jsonl: name a run folder')
-    with open(logs[0]) as f:
-        records = [json.loads(line) for line in f]
-    summary = logs[0][:-len('.jsonl')] + '_summary.json'
-    if not os.path.exists(summary):
-        return records, {}
-    with open(summary) as f:
-        return records, json.load(f)
+    prefix = os.path.basename(logs[0])[:-len('.jsonl')]
+    return read_run(os.path.join(folder, 'logs'), f'{prefix}.jsonl', f'{prefix}_summary.json')
 
 
 def logged(records, key):

@@ -26,13 +26,16 @@ FLOW_ORDER = ('none', 'planar', 'radial', 'householder', 'nice', 'sylvester-orth
               'sylvester-triangular', 'iaf')
 
 
-def read_run(folder):
-    """(records of log.jsonl, summary dict or {}) of one committed run."""
-    with open(os.path.join(folder, 'log.jsonl')) as f:
+def read_run(folder, log='log.jsonl', summary='summary.json'):
+    """(records of the log, summary dict or {}) of one committed run; `log` and `summary` name its files in
+    `folder` (a run folder's logs/ holds <prefix>.jsonl and <prefix>_summary.json)."""
+    with open(os.path.join(folder, log)) as f:
         records = [json.loads(line) for line in f]
-    path = os.path.join(folder, 'summary.json')
-    summary = json.load(open(path)) if os.path.exists(path) else {}
-    return records, summary
+    path = os.path.join(folder, summary)
+    if not os.path.exists(path):
+        return records, {}
+    with open(path) as f:
+        return records, json.load(f)
 
 
 def split_name(name):
