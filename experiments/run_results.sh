@@ -98,7 +98,7 @@ read -r -a flows <<< "${FLOWS:-none planar radial householder nice}"
 mlp40=(--latent_dim 40 --layer 2 --hidden_dim 400 --length 16 --max_iter "$ITERS" --warmup $((ITERS / 5)))
 # the full-budget protocol of mnist40_full and latent2_full, but for the latent dimension and the precision:
 # bfloat16 networks in 40-D; float32 in 2-D, whose step bfloat16 makes 1.4x faster on a CPU with AVX512-BF16
-# and 3.3x slower on one without (docs/speed.md), so that the section runs at one precision on either
+# and 3.5x slower on one without (docs/speed.md), so that the section runs at one precision on either
 protocol=(--layer 2 --hidden_dim 400 --length 16 --warmup 10000 --val_size 10000 --max_iter 390000
           --lr_schedule cosine --eval_every 1950 --patience 10 --log_every 390 --ckpt_every 1950
           --sample_every 39000 --compile 1)

@@ -10,7 +10,7 @@ import torch
 from scripts import ROOT, read_log, run_script
 from test_training import spy_on_evaluate
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments'))
+sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 import collect_results  # noqa: E402
 import results_table  # noqa: E402
 
@@ -181,8 +181,8 @@ def test_2d_rows_give_the_share_of_the_plain_vaes_gap_they_close(section, capsys
     assert os.path.getsize(section / 'gaps.png') > 0
 
 
-SECTIONS = sorted({os.path.dirname(os.path.dirname(log)) for log in glob.glob(os.path.join(ROOT, 'results', '*', '*',
-                                                                                        'log.jsonl'))})
+COMMITTED_LOGS = glob.glob(os.path.join(ROOT, 'results', '*', '*', 'log.jsonl'))
+SECTIONS = sorted({os.path.dirname(os.path.dirname(log)) for log in COMMITTED_LOGS})
 
 
 @pytest.mark.parametrize('section', SECTIONS, ids=os.path.basename)

@@ -542,4 +542,3 @@ def test_a_cpu_run_flushes_subnormal_floats_to_zero_while_it_trains(data_root, t
     assert run_script('static_flow_vae.py', [*TINY, *SCRIPT_FLAGS['static_flow_vae.py'], '--device', 'cpu',
                                              '--data_dir', data_root, '--out_dir', str(tmp_path)]) == 0
     assert seen == [False] * 6
-
