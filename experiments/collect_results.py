@@ -4,7 +4,8 @@
 
 For each run folder RUNS/SECTION/RUN whose log has a final record, its logs/<prefix>.jsonl becomes
 results/SECTION/RUN/log.jsonl and its logs/<prefix>_summary.json (flags, metrics, time, device)
-results/SECTION/RUN/summary.json, without the paths of the machine it ran on (`portable_config`).
+results/SECTION/RUN/summary.json, without the paths of the machine it ran on (`portable_config`), and the
+tables of its gap analyses (experiments/run_results.sh runs them on the 2-D sections' runs), when it has them.
 Samples and plots stay where they are, and so do checkpoints, but for the runs named by --model: the model
 their summary evaluated (checkpoints/<prefix>_best.pt, else the last) becomes results/SECTION/RUN/model.pt,
 its weights and flags alone (utils.model_file), which `--eval_only --resume` re-evaluates.
@@ -18,6 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils import load_checkpoint, model_file, save_checkpoint, write_json  # noqa: E402
+
+ANALYSES = ('gap_spread.txt', 'gap_split.txt', 'gap_split.json')   # in the run folder, copied as they are
 
 
 def portable_config(config):
@@ -60,6 +63,9 @@ def collect(source, dest, models=()):
         summary = log[:-len('.jsonl')] + '_summary.json'
         if os.path.exists(summary):
             copy_summary(summary, os.path.join(dest, run, 'summary.json'))
+        for name in ANALYSES:
+            if os.path.exists(os.path.join(source, run, name)):
+                shutil.copyfile(os.path.join(source, run, name), os.path.join(dest, run, name))
         if run in models:
             copy_model(os.path.join(source, run), os.path.join(dest, run, 'model.pt'))
         print(f'{run}: collected{" with its model" if run in models else ""}')

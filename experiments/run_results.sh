@@ -21,7 +21,7 @@
 #   latent2_full  the mnist40_full protocol with --latent_dim 2 and float32 networks: the plain VAE with seeds 0, 1, 2, then each
 #            flow amortized and static with seed 0, then seeds 1 and 2 of the runs SEEDS_OF names (MODE:FLOW
 #            ..., e.g. SEEDS_OF='amortized:nice static:iaf', the flows that close the most gap); K = 5000,
-#            and the exact log p(x) of every run
+#            the exact log p(x), and each run's gap analyses (experiments/gap_spread.py, gap_split.py) in its folder
 #   lr_schedule  the check behind the cosine schedule: the plain VAE of mnist40_full, 20,000 iterations,
 #            constant and cosine learning rate, validation ELBO only
 #   clip2d   the amortized planar run of latent2 with seeds 0, 1, 2, each without and with --clip_grad 500;
@@ -38,6 +38,7 @@
 # at the iteration it reached, which the table shows; a finished run already evaluated with K is left as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 OUT=${OUT:-runs}
 ITERS=${ITERS:-5000}
 K_CONV=${K_CONV:-250}
@@ -76,11 +77,35 @@ run() {
     return 0
   fi
   ((k)) || { echo "$section/$name: done" >&2; return 0; }
-  if has_iw "$dir" "$k"; then echo "$section/$name: done (evaluated before)" >&2; return 0; fi
-  OMP_NUM_THREADS=1 nice python "$script" --resume "$(last_checkpoint "$dir")" --eval_only --device "$EVAL_DEVICE" \
-    --iw_samples "$k" > "$dir/eval.out" 2>&1 \
-    || echo "$section/$name: evaluation failed: $(tail -n 1 "$dir/eval.out")" >&2
+  if has_iw "$dir" "$k"; then
+    echo "$section/$name: evaluated before" >&2
+  elif ! OMP_NUM_THREADS=1 nice python "$script" --resume "$(last_checkpoint "$dir")" --eval_only \
+      --device "$EVAL_DEVICE" --iw_samples "$k" > "$dir/eval.out" 2>&1; then
+    echo "$section/$name: evaluation failed: $(tail -n 1 "$dir/eval.out")" >&2
+    return 0
+  fi
+  [[ $section != latent2_full ]] || gap_analyses "$OUT/$section" "$name"
   echo "$section/$name: done" >&2
+}
+
+# the gap analyses of a finished 2-D run's best model, into its folder: gap_spread.txt, gap_split.txt and
+# gap_split.json (800 Adam steps per image), each skipped when it is there; their progress goes to
+# gap_analyses.out. They run in the section's folder, so that their tables name RUN/checkpoints/<prefix>_best.pt.
+gap_analyses() {   # SECTION_DIR RUN
+  local best
+  best=$(find "$1/$2/checkpoints" -name '*_best.pt' 2> /dev/null | head -n 1)
+  [[ -n $best ]] || { echo "$(basename "$1")/$2: no best checkpoint, no gap analyses" >&2; return 0; }
+  best=$2/checkpoints/$(basename "$best")
+  (cd "$1" && gap_analysis "$2" "$best" gap_spread && gap_analysis "$2" "$best" gap_split --steps 800 \
+    --json "$2/gap_split.json") || echo "$(basename "$1")/$2: a gap analysis failed (see $1/$2/gap_analyses.out)" >&2
+}
+
+gap_analysis() {   # RUN CHECKPOINT NAME FLAG...: experiments/NAME.py on CHECKPOINT, its table into RUN/NAME.txt
+  local run=$1 checkpoint=$2 name=$3
+  shift 3
+  [[ -s $run/$name.txt ]] && return 0
+  OMP_NUM_THREADS=1 nice python "$ROOT/experiments/$name.py" "$checkpoint" "$@" > "$run/$name.txt.part" \
+    2>> "$run/gap_analyses.out" && mv "$run/$name.txt.part" "$run/$name.txt"
 }
 
 running=0

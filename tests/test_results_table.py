@@ -42,6 +42,8 @@ def section(tmp_path):
     write_run(runs / 'mlp_amortized_planar_seed0', [train, final(-150.0), final(-139.0, -136.0, -134.0)], {})
     write_run(runs / 'mlp_amortized_planar_seed1', [train, final(-141.0, -137.0, -134.5)], {})
     write_run(runs / 'mlp_static_radial', [train])   # not finished
+    (runs / 'mlp_static_none' / 'gap_spread.txt').write_text('| gap spread table |\n')
+    (runs / 'mlp_static_none' / 'gap_split.json').write_text('[]\n')
     collect_results.collect(str(runs), str(tmp_path / 'results'))
     return tmp_path / 'results'
 
@@ -51,6 +53,11 @@ def test_collect_copies_finished_runs_only(section):
                                            'mlp_static_none']
     assert os.path.exists(section / 'mlp_static_none' / 'summary.json')
     assert os.path.exists(section / 'mlp_amortized_planar_seed1' / 'log.jsonl')
+    # a run's gap analyses, those it has
+    assert (section / 'mlp_static_none' / 'gap_spread.txt').read_text() == '| gap spread table |\n'
+    assert (section / 'mlp_static_none' / 'gap_split.json').read_text() == '[]\n'
+    assert not glob.glob(str(section / '*' / 'gap_split.txt'))
+    assert not glob.glob(str(section / 'mlp_amortized_planar_seed*' / 'gap_*'))
 
 
 def test_table_rows_are_last_finals_over_seeds(section, capsys):

@@ -59,3 +59,21 @@ def test_a_malformed_seeds_of_is_refused_before_any_run(tmp_path, seeds_of):
     code, err, runs = launched(tmp_path, 'latent2_full', SEEDS_OF=seeds_of)
     assert code == 2 and f"SEEDS_OF: '{seeds_of}' is not MODE:FLOW" in err
     assert runs == [] and not (tmp_path / 'runs').exists()
+
+
+def test_a_finished_2d_run_gets_its_gap_analyses_in_its_folder_and_a_40d_run_none(tmp_path):
+    for section in ('latent2_full', 'mnist40_full'):
+        checkpoints = tmp_path / 'runs' / section / 'mlp_static_none_seed0' / 'checkpoints'
+        checkpoints.mkdir(parents=True)
+        (checkpoints / 'p.pt').touch()
+        (checkpoints / 'p_best.pt').touch()
+    code, err, _ = launched(tmp_path, 'latent2_full', 'mnist40_full', RUNS='^mlp_static_none_seed0$')
+    assert code == 0, err
+    calls = [line.split() for line in (tmp_path / 'calls.txt').read_text().splitlines()]
+    analyses = [argv for argv in calls if argv[0].endswith(('gap_spread.py', 'gap_split.py'))]
+    best = 'mlp_static_none_seed0/checkpoints/p_best.pt'   # relative to the section's folder, where they run
+    assert analyses == [[os.path.join(ROOT, 'experiments', 'gap_spread.py'), best],
+                        [os.path.join(ROOT, 'experiments', 'gap_split.py'), best, '--steps', '800',
+                         '--json', 'mlp_static_none_seed0/gap_split.json']]
+    run_dir = tmp_path / 'runs' / 'latent2_full' / 'mlp_static_none_seed0'
+    assert {p.name for p in run_dir.glob('gap_*.txt*')} == {'gap_spread.txt', 'gap_split.txt'}
