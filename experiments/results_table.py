@@ -13,6 +13,8 @@ rounding. In 2-D, 'gap closed, %' is the share of the plain VAE's exact − ELBO
 closes, 100 (1 − gap / gap_none), over the run's seeds. `--curves` draws the validation ELBO against the epoch of
 seed 0 of every run, amortized and static flows side by side, and prints at how many evaluations each flow is
 ahead of the plain VAE; `--gaps` draws each row's exact − ELBO, static beside amortized, against the plain VAE's.
+Last, the gap analyses of a 2-D section (experiments/gap_spread.py and gap_split.py; experiments/run_results.sh
+writes them into each run folder), each run's rows under one header.
 """
 import argparse
 import glob
@@ -22,6 +24,8 @@ import re
 import statistics
 
 MODES = ('static', 'amortized')
+ANALYSES = {'gap_spread.txt': 'how exact − ELBO spreads over the test images',
+            'gap_split.txt': 'the gap split into approximation and amortization'}   # experiments/gap_*.py
 FLOW_ORDER = ('none', 'planar', 'radial', 'householder', 'nice', 'sylvester-orthogonal', 'sylvester-householder',
               'sylvester-triangular', 'iaf')
 
@@ -105,6 +109,29 @@ def table(section):
     print_rows(rows, f'\n{section} (test set, {unit})')
     print_rows(lead_rows(runs), '\nleads in nats, flow − reference: the unrounded means over seeds subtracted, then '
                                 'rounded once')
+    for name, title in ANALYSES.items():
+        analysis_table(section, name, title)
+
+
+def analysis_table(section, name, title):
+    """The rows of each run's table RUN/`name` (a gap analysis, one row per checkpoint) under one header, in the
+    table's row order; runs whose tables differ in the lines above their rows (other settings) get a table each.
+    Lines that begin with '#' (how a table was made) are left out."""
+    tables = {}   # the lines above the rows -> the rows
+    for path in sorted(glob.glob(os.path.join(section, '*', name)), key=run_order):
+        with open(path) as f:
+            lines = [line.rstrip('\n') for line in f if not line.startswith('#')]
+        first = next(i for i, line in enumerate(lines) if line.startswith('|'))
+        tables.setdefault(tuple(lines[:first + 2]), []).extend(line for line in lines[first + 2:] if line.startswith('|'))
+    for above, rows in tables.items():
+        print(f'\n{title} (each run\'s {name})\n')
+        print('\n'.join(above + tuple(rows)))
+
+
+def run_order(path):
+    """Sort key of a file in a run folder: the run's row, then its seed."""
+    model, mode, flow, seed = split_name(os.path.basename(os.path.dirname(path)))
+    return row_order((model, mode, flow)), seed
 
 
 def row_order(key):

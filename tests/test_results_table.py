@@ -194,8 +194,29 @@ SECTIONS = sorted({os.path.dirname(os.path.dirname(log)) for log in COMMITTED_LO
 
 @pytest.mark.parametrize('section', SECTIONS, ids=os.path.basename)
 def test_each_committed_sections_table_is_in_the_readme_or_results_doc_as_printed(section, capsys):
+    """The section's table, and the tables of its runs' gap analyses (the leads are quoted in prose)."""
     results_table.table(section)
-    printed = capsys.readouterr().out.split('\n\n')
-    table = next(block.strip() for block in printed if block.strip().startswith('|'))
+    blocks = [block.strip() for block in capsys.readouterr().out.split('\n\n') if block.strip().startswith('|')]
     docs = ''.join(open(os.path.join(ROOT, name)).read() for name in ('README.md', os.path.join('docs', 'results.md')))
-    assert table in docs, f'the table of results/{os.path.basename(section)} is not in the README or docs/results.md'
+    tables = [blocks[0]] + [block for block in blocks[1:] if block.startswith('| checkpoint')]
+    for table in tables:
+        assert table in docs, f'a table of results/{os.path.basename(section)} is not in the README or docs/results.md'
+
+
+def test_gap_analyses_of_a_sections_runs_print_under_one_header_per_setting(tmp_path, capsys):
+    def analysis(run, above, row):
+        os.makedirs(tmp_path / run, exist_ok=True)
+        write_run(tmp_path / run, [final(-140.0)])
+        (tmp_path / run / 'gap_spread.txt').write_text(f'# made by ...\n{above}\n\n| checkpoint | mean |\n|---|---:|\n{row}\n')
+    analysis('mlp_static_planar', '100 draws', '| planar | 2.0 |')
+    analysis('mlp_static_none_seed1', '100 draws', '| none seed 1 | 1.0 |')
+    analysis('mlp_amortized_nice', '10 draws', '| nice | 3.0 |')
+    analysis('mlp_static_none_seed0', '100 draws', '| none seed 0 | 0.0 |')
+    results_table.analysis_table(str(tmp_path), 'gap_spread.txt', 'spread')
+    out = capsys.readouterr().out
+    assert '# made by' not in out
+    header = '| checkpoint | mean |\n|---|---:|\n'
+    # the table's row order (none, its seeds in order, then static planar), and the other setting on its own
+    assert (f"spread (each run's gap_spread.txt)\n\n100 draws\n\n{header}| none seed 0 | 0.0 |\n| none seed 1 | 1.0 |\n"
+            f'| planar | 2.0 |\n') in out
+    assert f"10 draws\n\n{header}| nice | 3.0 |\n" in out and out.count('spread (each run') == 2
