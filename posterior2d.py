@@ -100,10 +100,12 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
     each chunk once for all images. adaptive=True gives the same sum without the pairs that cannot matter:
     the grid is cut into square tiles; a first pass on about `coarse` x `coarse` of the grid points
     (a 5 x 5 subgrid of each tile) finds each image's largest log-joint per tile, and only the tiles within
-    `threshold` nats of the image's largest value, and their 8 neighbours, are summed in full. A tile left
-    out lies more than `threshold` nats below the peak at every sampled point, so the whole grid outside
-    the kept tiles carries a fraction of the mass of order n² e^-threshold (below 1e-8 with the defaults)
-    provided the posterior is not narrower than the subgrid's spacing (`refinement_check` tests that).
+    `threshold` nats of the image's largest value, and their 8 neighbours, are summed in full (`kept_tiles`).
+    A tile left out lies more than `threshold` nats below the peak at every sampled point, so the whole grid
+    outside the kept tiles carries a fraction of the mass of order n² e^-threshold (4e-8 with the defaults)
+    provided the posterior is not narrower than the subgrid's spacing; a narrower mode, or a thin ridge, can fall
+    between the sampled points and be left out. `skipped_centres` flags the images where that could have happened
+    at q_K.
     """
     dim = latent_dim(model, x)
     if dim != 2:
@@ -118,24 +120,8 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
         for g in progress(range(0, z_all.shape[0], grid_chunk), desc='exact log p(x)', unit='chunk', leave=False):
             _sum_block(model, x, z_all[g:g + grid_chunk], dtype, total, torch.arange(x.shape[0]), image_chunk)
     else:
-        stride = max(1, n // coarse)
-        tile = 5 * stride                                                # fine cells per tile side
+        keep, tile = kept_tiles(model, x, z_all, n, dtype, grid_chunk, image_chunk, coarse, threshold)
         tiles = -(-n // tile)
-        sub = torch.arange(stride // 2, n, stride, device=x.device)      # subgrid rows / columns
-        sub_index = (sub[:, None] * n + sub[None]).flatten()             # into z_all (first coordinate slowest)
-        sub_tile = ((sub // tile)[:, None] * tiles + (sub // tile)[None]).flatten()
-        tile_max = torch.full((x.shape[0], tiles * tiles), -math.inf, dtype=dtype, device=x.device)
-        for g in progress(range(0, sub_index.numel(), grid_chunk), desc='exact log p(x), first pass', unit='chunk',
-                          leave=False):
-            z = z_all[sub_index[g:g + grid_chunk]]
-            _, b, A, B = _joint_terms(model, x, z, dtype)
-            index = sub_tile[g:g + grid_chunk]
-            for i in range(0, x.shape[0], image_chunk):
-                part = torch.addmm(b[None], A[i:i + image_chunk], B.T)
-                tile_max[i:i + image_chunk].scatter_reduce_(1, index.expand_as(part), part, 'amax')
-        peak = tile_max.amax(1, keepdim=True)
-        keep = (tile_max > peak - threshold).view(-1, 1, tiles, tiles).to(dtype)
-        keep = F.max_pool2d(keep, 3, stride=1, padding=1).view(x.shape[0], -1) > 0   # and the 8 neighbours
         rows = torch.arange(n, device=x.device)
         for t in progress(range(tiles * tiles), desc='exact log p(x)', unit='tile', leave=False):
             images = keep[:, t].nonzero().squeeze(1)
@@ -145,6 +131,54 @@ def log_px_grid(model, x, n=GRID, limit=LIMIT, grid_chunk=GRID_CHUNK, image_chun
                 _sum_block(model, x, z_all[(r[:, None] * n + c[None]).flatten()], dtype, total, images, image_chunk)
     model.train(was_training)
     return total + a + log_cell
+
+
+def kept_tiles(model, x, z_all, n, dtype, grid_chunk=GRID_CHUNK, image_chunk=IMAGE_CHUNK, coarse=COARSE,
+               threshold=THRESHOLD):
+    """(keep, tile): the first pass of log_px_grid's adaptive sum over the grid `z_all` (n², 2) of grid_points.
+    keep (N, T²) bool says which of the T x T square tiles of `tile` x `tile` cells (row-major) are summed in full
+    for each image: those whose largest log-joint on a subgrid of every (tile / 5)-th point lies within `threshold`
+    nats of the image's largest, and their 8 neighbours."""
+    stride = max(1, n // coarse)
+    tile = 5 * stride                                                # fine cells per tile side
+    tiles = -(-n // tile)
+    sub = torch.arange(stride // 2, n, stride, device=x.device)      # subgrid rows / columns
+    sub_index = (sub[:, None] * n + sub[None]).flatten()             # into z_all (first coordinate slowest)
+    sub_tile = ((sub // tile)[:, None] * tiles + (sub // tile)[None]).flatten()
+    tile_max = torch.full((x.shape[0], tiles * tiles), -math.inf, dtype=dtype, device=x.device)
+    for g in progress(range(0, sub_index.numel(), grid_chunk), desc='exact log p(x), first pass', unit='chunk',
+                      leave=False):
+        z = z_all[sub_index[g:g + grid_chunk]]
+        _, b, A, B = _joint_terms(model, x, z, dtype)
+        index = sub_tile[g:g + grid_chunk]
+        for i in range(0, x.shape[0], image_chunk):
+            part = torch.addmm(b[None], A[i:i + image_chunk], B.T)
+            tile_max[i:i + image_chunk].scatter_reduce_(1, index.expand_as(part), part, 'amax')
+    peak = tile_max.amax(1, keepdim=True)
+    keep = (tile_max > peak - threshold).view(-1, 1, tiles, tiles).to(dtype)
+    return F.max_pool2d(keep, 3, stride=1, padding=1).view(x.shape[0], -1) > 0, tile   # and the 8 neighbours
+
+
+@torch.no_grad()
+def skipped_centres(model, x, n=GRID, limit=LIMIT, dtype=None, **kw):
+    """(N,) bool: whether log_px_grid(x, n, limit) leaves out the point where q_K is centred, the flow's image of
+    q0's mean: its tile is not summed, or it lies outside the window. Either q_K sits where p(z|x) has next to no
+    mass (the encoder missed the posterior: a gap of tens of nats) or the first pass stepped over a mode narrower
+    than its spacing (log p(x) too low); the full sum of those images' grids tells which (grid_check.py does).
+    `kw` as log_px_grid's (grid_chunk, image_chunk, coarse, threshold)."""
+    dtype = dtype or matmul_dtype(model)
+    was_training = model.training
+    model.eval()
+    mean, _, context = model.encode(x)
+    centre = model.flow(mean.to(x.dtype), None if context is None else context.to(x.dtype))[0]   # (N, 2)
+    z_all, _ = grid_points(n, limit, device=x.device, dtype=x.dtype)
+    keep, tile = kept_tiles(model, x, z_all, n, dtype, **kw)
+    model.train(was_training)
+    cell = torch.floor((centre.double() + limit) / (2 * limit / n)).long()          # (N, 2) cell row, column
+    inside = ((cell >= 0) & (cell < n)).all(1)
+    row, column = (cell.clamp(0, n - 1) // tile).unbind(1)
+    kept = keep.gather(1, (row * -(-n // tile) + column)[:, None]).squeeze(1)
+    return ~(inside & kept)
 
 
 def _sum_block(model, x, z, dtype, total, images, image_chunk):

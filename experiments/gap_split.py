@@ -28,9 +28,10 @@ W_k rows sum 4–8 in absolute value, and Adam at lr 0.05 on its contexts took o
 A batch of images is optimized at once: Adam on the sum over images of each image's negative ELBO averaged over
 --draws draws, the lr decaying exponentially from --lr to 1% of it over --steps. Each image's ELBO under q* and
 under the encoder's q is then the mean of the same --eval_draws draws eps ~ N(0, I) (z0 = mean + std · eps), so
-that their difference has less noise than either; the MC error is the standard error of the optimized ELBO (the
-mean over images of each image's). The convergence column is the change of the mean optimized ELBO over the
-second half of the steps (the same eps again): near 0 once q* stopped improving. At the defaults, 1,000 images
+that their difference has less noise than either; the MC error is one image's standard error of the optimized
+ELBO (the mean over images of each image's: a column's mean over N images has about 1/√N of it). The convergence
+column is the change of the mean optimized ELBO over the second half of the steps (the same eps again), to be
+read against the approximation gap: near 0 once q* stopped improving. At the defaults, 1,000 images
 take 11 minutes on one CPU thread for an amortized planar flow of length 16 on the 2 × 400 MLP.
 
 q* is a local optimum. From the encoder's q an image whose posterior has separate modes can end in a minor one:

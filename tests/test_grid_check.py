@@ -4,9 +4,12 @@ import os
 import sys
 
 import pytest
+import torch
 
+from flows import build_flow
 from scripts import run_script
 from test_elbo_terms import FLAGS
+from test_posterior2d import KinkedVAE
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'experiments'))
 import grid_check  # noqa: E402
@@ -38,8 +41,31 @@ def test_main_compares_the_runs_grid_with_a_finer_wider_one(data_root, tmp_path,
     assert float(cells[5]) == pytest.approx(change.mean().item(), abs=1e-5)
     assert float(cells[7]) == pytest.approx(change.abs().max().item(), abs=1e-5)
     assert cells[8] == f'{(change.abs() > 0.1).sum()}, {(change.abs() > 1).sum()}'
+    skipped = posterior2d.skipped_centres(model, x, n=100, limit=4.0)
+    count, rise = cells[9].split(',')
+    assert int(count) == skipped.sum().item()
+    if skipped.any():
+        full = posterior2d.log_px_grid(model, x[skipped], n=100, limit=4.0, adaptive=False)
+        assert float(rise) == pytest.approx((full - coarse[skipped]).max().item(), abs=1e-5)
     dense = posterior2d.log_px_grid(model, x[:4], n=250, limit=5.0, adaptive=False) - coarse[:4]
-    dense_mean, dense_max = (float(v) for v in cells[9].split(','))
+    dense_mean, dense_max = (float(v) for v in cells[10].split(','))
     assert dense_mean == pytest.approx(dense.mean().item(), abs=1e-5)
     assert dense_max == pytest.approx(dense.abs().max().item(), abs=1e-5)
 
+
+
+def test_check_sums_the_images_whose_q_k_centre_it_skipped(float64):
+    """An encoder centred on a narrow mode that the first pass (every 8th point of the 1000² grid) steps over: the
+    image is counted, and its rise is what the full sum adds, the mode's share of log p(x)."""
+    model = KinkedVAE(torch.eye(2), torch.zeros(2), 'gaussian', build_flow('none', 2, 0))
+    with torch.no_grad():
+        model.log_scale.copy_(torch.tensor([0.15, 1.0]).log().view(1, 1, 2))
+    x = torch.tensor([[2.7, 0.0], [2.7, 0.0]]).view(2, 1, 1, 2)   # narrow mode at z1 = 0.09, broad at −2.7
+    model.enc_A, model.enc_c = torch.tensor([[0.0, 0.0], [0.0, 0.0]]), torch.tensor([0.09, 0.0])
+    row = grid_check.check(model, x, grid=1000, limit=10.0, finer=1, wider=1, dense=0)
+    full = posterior2d.log_px_grid(model, x, n=1000, limit=10.0, adaptive=False)
+    adaptive = posterior2d.log_px_grid(model, x, n=1000, limit=10.0)
+    assert row['skipped'] == 2 and (full - adaptive).min() > 0.5
+    assert row['skipped_missed'] == pytest.approx((full - adaptive).max().item(), abs=1e-9)
+    model.enc_c = torch.tensor([-2.7, 0.0])                            # on the broad mode: nothing to flag
+    assert grid_check.check(model, x, grid=1000, limit=10.0, finer=1, wider=1, dense=0)['skipped'] == 0

@@ -223,6 +223,63 @@ def test_adaptive_sum_equals_the_full_sum(float64, likelihood):
     assert (posterior2d.log_px_grid(model, x, n=200, coarse=40, threshold=0.0) - full).abs().max() > 1e-3
 
 
+class Shift(torch.nn.Module):
+    """A flow that moves every z by `shift`, log-det 0."""
+    kind, length = 'shift', 1
+
+    def __init__(self, shift):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, z, context=None):
+        return z + self.shift, z.new_zeros(z.shape[0])
+
+
+def test_skipped_centres_says_whether_q_k_is_where_the_sum_looks(float64):
+    """With the encoder's mean on each posterior's mode nothing is flagged; moved off it, or out of the window,
+    every image is; a flow that carries the moved mean back onto the mode clears it (the centre is z_K's)."""
+    model, x, _ = linear_gaussian_model()
+    W, sigma2 = model.W, math.exp(2 * model.log_scale.flatten()[0].item())
+    cov = torch.linalg.inv(torch.eye(2) + W.T @ W / sigma2)               # the posterior's covariance
+    model.enc_A, model.enc_c = cov @ W.T / sigma2, -(cov @ W.T / sigma2) @ model.b   # its mean, linear in x
+    model.enc_log_var = cov.diagonal().log()
+    assert not posterior2d.skipped_centres(model, x, n=200, limit=6.0).any()
+    model.enc_c = model.enc_c + torch.tensor([4.0, -3.0])                   # 30-40 posterior widths away
+    assert posterior2d.skipped_centres(model, x, n=200, limit=6.0).all()
+    model.flow = Shift(torch.tensor([-4.0, 3.0]))
+    assert not posterior2d.skipped_centres(model, x, n=200, limit=6.0).any()
+    model.flow = Shift(torch.tensor([10.0, 0.0]))                            # beyond the window's edge
+    assert posterior2d.skipped_centres(model, x, n=200, limit=6.0).all()
+
+
+class KinkedVAE(LinearVAE):
+    """Decoder mean (ψ(z1), z2) with ψ(z1) = −z1 for z1 < 0 and 30 z1 above: x1 = t > 0 has a posterior of two
+    modes, a broad one at z1 = −t and a 30 times narrower, higher one at z1 = t/30 (for t = 3, 75% of the mass)."""
+
+    def decode(self, z):
+        kinked = torch.where(z[:, 0] < 0, -z[:, 0], 30 * z[:, 0])
+        return torch.stack([kinked, z[:, 1]], 1).view(-1, 1, 1, 2)
+
+
+def test_a_narrow_mode_between_the_first_pass_points_is_missed_and_flagged(float64):
+    """The narrow mode (std 0.005, a quarter of a cell) lies halfway between two first-pass points, 50 nats below its
+    peak there: its tiles are left out and log p(x) falls short of the full sum; an encoder centred on it is
+    flagged, one centred on the broad mode is not."""
+    model = KinkedVAE(torch.eye(2), torch.zeros(2), 'gaussian', build_flow('none', 2, 0))
+    with torch.no_grad():
+        model.log_scale.copy_(torch.tensor([0.15, 1.0]).log().view(1, 1, 2))
+    x = torch.tensor([3.0, 0.0]).view(1, 1, 1, 2)
+    grid = dict(n=400, limit=4.0, coarse=80)                # cells 0.02 wide, first-pass points 0.1 apart
+    full = posterior2d.log_px_grid(model, x, adaptive=False, **grid)
+    assert full.item() - posterior2d.log_px_grid(model, x, **grid).item() > 0.5
+    model.enc_c = torch.tensor([0.1, 0.0])
+    assert posterior2d.skipped_centres(model, x, **grid).all()
+    model.enc_c = torch.tensor([-3.0, 0.0])
+    assert not posterior2d.skipped_centres(model, x, **grid).any()
+    # a first pass on every point finds the narrow mode: the adaptive sum is the full one
+    torch.testing.assert_close(posterior2d.log_px_grid(model, x, n=400, limit=4.0, coarse=400), full)
+
+
 @pytest.mark.parametrize('flow,scale', [('nice', 0.5), ('iaf', 0.2)])   # NICE's scaling and IAF: log|det| ≠ 0
 def test_the_figures_q_k_is_a_density_on_its_window(float64, flow, scale):
     """The q_K(z|x) the figure contours, summed over its window x window grid times the cell area, is the

@@ -75,7 +75,8 @@ def test_table_rows_are_last_finals_over_seeds(section, capsys):
     cells = dict(zip(header, (c.strip() for c in rows['none'].strip('|').split('|'))))
     assert cells['exact − IW'] == '2.00' and cells['K'] == '1000' and cells['it/s'] == '40'
     assert lines[2].split('|')[2].strip() == 'none'   # the plain VAE first
-    assert '| mlp amortized | planar | +0.00 | +0.50 |' in leads   # ELBO -140 and IW -136.5 against -140, -137
+    # ELBO -140, IW -136.5 and exact -134.25 against -140, -137 and -135
+    assert '| mlp amortized | planar | +0.00 | +0.50 | +0.75 |' in leads
 
 
 def test_gaps_keep_their_sign(tmp_path, capsys):
@@ -136,7 +137,8 @@ def test_leads_subtract_unrounded_means():
     assert 'none' not in rows
     # 1.012 rounded once, where the rounded means (-98.99, -100.01) would give 1.02; planar has no IW: '–'
     assert rows['planar'] == {'model': 'mlp amortized', 'flow': 'planar', 'ELBO − none': '+1.01', 'IW − none': '–',
-                              'ELBO − amortized planar': '–', 'IW − amortized planar': '–'}
+                              'exact − none': '–', 'ELBO − amortized planar': '–', 'IW − amortized planar': '–',
+                              'exact − amortized planar': '–'}
     assert rows['nice']['ELBO − none'] == '+0.51' and rows['nice']['IW − none'] == '+0.75'
     assert rows['nice']['ELBO − amortized planar'] == '-0.51'
 
