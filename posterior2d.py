@@ -214,11 +214,13 @@ def exact_log_px(model, pre, images, n=GRID, limit=LIMIT, batch_size=EVAL_BATCH,
 def refinement_check(model, x, n=GRID, limit=LIMIT, finer=2, wider=4 / 3, dense_reference=False, **kw):
     """The grid error of log_px_grid(x, n, limit): compared with a grid of `finer` times smaller cells over
     [-wider·limit, wider·limit]², summed in full with dense_reference=True (slow: for a subset of images,
-    to check the adaptive selection too). Returns {'mean_abs_diff', 'max_abs_diff', 'mean_diff'} in nats per image
-    (diff = reference − value), 'reference' and 'value' (N,)."""
+    to check the adaptive selection too). The reference's first pass samples `finer` times more densely than the
+    grid's, so that it does not step over a narrow mode the grid's found. Returns {'mean_abs_diff',
+    'max_abs_diff', 'mean_diff'} in nats per image (diff = reference − value), 'reference' and 'value' (N,)."""
     value = log_px_grid(model, x, n, limit, **kw)
     reference = log_px_grid(model, x, round(n * finer * wider), limit * wider,
-                            **{**kw, 'adaptive': kw.get('adaptive', True) and not dense_reference})
+                            **{**kw, 'adaptive': kw.get('adaptive', True) and not dense_reference,
+                               'coarse': round(kw.get('coarse', COARSE) * finer * wider)})
     diff = reference - value
     return {'mean_abs_diff': diff.abs().mean().item(), 'max_abs_diff': diff.abs().max().item(),
             'mean_diff': diff.mean().item(), 'reference': reference, 'value': value}

@@ -105,6 +105,22 @@ def test_refinement_check_measures_the_grid_error(float64):
     torch.testing.assert_close(narrow['reference'], exact, atol=1e-3, rtol=0)   # the wider grid holds it
 
 
+def test_refinement_checks_first_pass_is_finer(float64, monkeypatch):
+    """The reference grid's first pass samples points `finer` times closer than the checked grid's, at any
+    window, so the reference cannot step over a mode the grid found."""
+    model, x, _ = linear_gaussian_model()
+    calls, log_px_grid = [], posterior2d.log_px_grid
+
+    def recording(model, x, n, limit, **kw):
+        calls.append((2 * limit / n) * max(1, n // kw.get('coarse', posterior2d.COARSE)))   # first-pass spacing
+        return log_px_grid(model, x, n, limit, **kw)
+    monkeypatch.setattr(posterior2d, 'log_px_grid', recording)
+    for finer, wider, coarse in ((1, 1.5, 40), (2, 1.5, 40), (2, 1, 25)):
+        calls.clear()
+        posterior2d.refinement_check(model, x, n=200, limit=4.0, finer=finer, wider=wider, coarse=coarse)
+        assert calls[1] == pytest.approx(calls[0] / finer)
+
+
 def test_exact_log_px_adds_the_preprocessing_log_det():
     """8-bit data: the density of y in [0, 1)^D, the same dequantization noise on every call."""
     images = torch.randint(0, 256, (7, 1, 2, 3), dtype=torch.uint8)
