@@ -183,9 +183,9 @@ def test_2d_rows_give_the_share_of_the_plain_vaes_gap_they_close(section, capsys
              ([c.strip() for c in line.strip('|').split('|')] for line in lines[2:])}
     assert cells['planar']['gap closed, %'] == '-15 ± 21' and cells['none']['gap closed, %'] == '–'
     points = results_table.gap_points(results_table.finished_runs(str(section)))
-    assert points['static', 'none'] == (5.0, 0.0, 1)
-    mean, spread, seeds = points['amortized', 'planar']
-    assert (mean, seeds) == (5.75, 2) and spread == pytest.approx(1.5 / 2 ** 0.5)
+    assert points['static', 'none'] == (5.0, 0.0, 1, -135.0)
+    mean, spread, seeds, log_px = points['amortized', 'planar']
+    assert (mean, seeds, log_px) == (5.75, 2, -134.25) and spread == pytest.approx(1.5 / 2 ** 0.5)
     results_table.gap_figure(str(section), str(section / 'gaps.png'))
     assert os.path.getsize(section / 'gaps.png') > 0
 
