@@ -283,9 +283,9 @@ def gap_figure(section, path):
     gaps = gap_points(finished_runs(section))
     flows = [flow for flow in FLOW_ORDER if any((mode, flow) in gaps for mode in MODES) and flow != 'none']
     fig, ax = plt.subplots(figsize=(7.5, 4), layout='constrained')
-    none_log_px = gaps['static', 'none'][3] if ('static', 'none') in gaps else None
-    if none_log_px is not None:
-        mean, spread, seeds, _ = gaps['static', 'none']
+    none = gaps.get(('static', 'none'))
+    if none:
+        mean, spread, seeds, _ = none
         ax.axhline(mean, color='k', lw=1, label=f'none ({seeds} seed{"s" * (seeds > 1)})')
         ax.axhspan(mean - spread, mean + spread, color='k', alpha=0.12, lw=0)
     for offset, mode in zip((-0.15, 0.15), MODES):
@@ -293,10 +293,8 @@ def gap_figure(section, path):
         if found:
             x, mean, spread, _, log_px = zip(*found)
             ax.errorbar(x, mean, yerr=spread, fmt='o', capsize=3, label=mode)
-            for xi, yi, lp in zip(x, mean, log_px):
-                if none_log_px is not None:
-                    ax.annotate(f'{lp - none_log_px:+.1f}', (xi, yi), xytext=(4, -3), textcoords='offset points',
-                                fontsize=7)
+            for xi, yi, lp in zip(x, mean, log_px) if none else ():
+                ax.annotate(f'{lp - none[3]:+.1f}', (xi, yi), xytext=(4, -3), textcoords='offset points', fontsize=7)
     ax.set_xticks(range(len(flows)), [flow.replace('sylvester-', 'sylvester-\n') for flow in flows], fontsize=8)
     ax.set_xlim(-0.5, len(flows) - 0.5)
     name = os.path.basename(section.rstrip('/'))

@@ -53,7 +53,6 @@ def test_main_compares_the_runs_grid_with_a_finer_wider_one(data_root, tmp_path,
     assert dense_max == pytest.approx(dense.abs().max().item(), abs=1e-5)
 
 
-
 def test_check_sums_the_images_whose_q_k_centre_it_skipped(float64):
     """An encoder centred on a narrow mode that the first pass (every 8th point of the 1000² grid) steps over: the
     image is counted, and its rise is what the full sum adds, the mode's share of log p(x)."""
