@@ -37,8 +37,9 @@ under the encoder's q is then the mean of the same --eval_draws draws eps ~ N(0,
 that their difference has less noise than either; the MC error is one image's standard error of the optimized
 ELBO (the mean over images of each image's: a column's mean over N images has about 1/√N of it). The convergence
 column is the change of the mean optimized ELBO over the second half of the steps (the same eps again), to be
-read against the approximation gap: near 0 once q* stopped improving. At the defaults, 1,000 images
-take 11 minutes on one CPU thread for an amortized planar flow of length 16 on the 2 × 400 MLP.
+read against the approximation gap: near 0 once q* stopped improving. At the defaults, one search over
+1,000 images takes 11 minutes on one CPU thread for an amortized planar flow of length 16 on the 2 × 400 MLP, and
+an amortized flow gets two.
 
 q* is a local optimum. From the encoder's q an image whose posterior has separate modes can end in a minor one:
 of the first 100 test images of a briefly trained no-flow model, one ended 10.4 nats below log p(x), in a mode
