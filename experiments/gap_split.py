@@ -177,6 +177,7 @@ def main():
     if opts.steps < 2:
         raise SystemExit(f'error: --steps {opts.steps}: the convergence check needs at least 2')
     images, pre = mnist_test_set(opts.data_dir, opts.images)
+    torch.manual_seed(0)
     print(f'{len(images)} MNIST test images; ELBOs and gaps in nats per image, q* after {opts.steps} Adam steps of '
           f'{opts.draws} draws, each ELBO of {opts.eval_draws} draws\n\n'
           '| checkpoint | flow | exact | encoder ELBO | optimized ELBO | exact − encoder ELBO | approximation gap '
@@ -184,7 +185,6 @@ def main():
           '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     runs = []
     for path in opts.checkpoints:
-        torch.manual_seed(0)   # each row as if its checkpoint ran alone
         model, args, _ = trained_2d_model(path)
         started = time.time()
         s = summary(split(model, pre, images, opts.steps, opts.draws, opts.lr, opts.eval_draws))

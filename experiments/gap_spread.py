@@ -80,11 +80,11 @@ def main():
                         'place on the command line')
     opts = parser.parse_args()
     images, pre = mnist_test_set(opts.data_dir)
+    torch.manual_seed(0)
     print(f'{len(images)} MNIST test images; exact − ELBO in nats per image, the ELBO of {opts.samples} draws\n\n'
           '| checkpoint | flow | mean | 10% | median | 90% | 99% | max | worst 1% | worst 10% | MC error |\n'
           '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for n, path in enumerate(opts.checkpoints):
-        torch.manual_seed(0)   # each row as if its checkpoint ran alone
         model, args, _ = trained_2d_model(path)
         exact, elbos, errors = per_image(model, pre, images, opts.samples)
         s = spread(exact - elbos)
