@@ -44,6 +44,7 @@ an amortized flow gets two.
 q* is a local optimum. From the encoder's q an image whose posterior has separate modes can end in a minor one:
 of the first 100 test images of a briefly trained no-flow model, one ended 10.4 nats below log p(x), in a mode
 holding 2e-5 of the posterior's mass. The approximation gap counts it; the largest per-image one is printed.
+The search's draws are seeded once per command, so a checkpoint's row depends on the checkpoints before it.
 """
 import argparse
 import os

@@ -7,7 +7,8 @@ that mean. Here each of the 10,000 binarized MNIST test images gets its own: log
 (posterior2d.log_px_grid) minus its ELBO averaged over S draws z0 ~ q0(z0|x), whose Monte Carlo standard error
 is printed beside (the mean over images of each image's error). The table gives, in nats per image, the mean gap,
 its quantiles, the largest, and the share of the summed gap that the worst 1% and 10% of images carry: whether a
-flow narrows the gap of most images, or a few.
+flow narrows the gap of most images, or a few. The draws are seeded once per command, so a checkpoint's row
+depends on the checkpoints before it on the command line (the committed tables were made so).
 """
 import argparse
 import os
