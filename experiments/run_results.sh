@@ -28,7 +28,8 @@
 #            the test ELBO and exact log p(x), no IW
 #
 # Environment [default]: OUT [runs] holds OUT/SECTION/RUN/{logs,samples,plots,checkpoints,...}; at the end
-# experiments/collect_results.py copies each finished run's log and summary to results/SECTION/RUN/;
+# experiments/collect_results.py copies each finished run's log, summary, gap analyses and posterior figure
+# to results/SECTION/RUN/;
 # ITERS [5000, as in the README]; SEEDS_OF [none] (latent2_full); FLOWS [none planar radial householder nice] (fashion: none planar);
 # K_CONV [250]; RUNS [all] a regular expression: only the runs whose name it matches are launched;
 # JOBS [number of CPUs] runs at once, one CPU thread each;

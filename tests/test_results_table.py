@@ -44,6 +44,9 @@ def section(tmp_path):
     write_run(runs / 'mlp_static_radial', [train])   # not finished
     (runs / 'mlp_static_none' / 'gap_spread.txt').write_text('| gap spread table |\n')
     (runs / 'mlp_static_none' / 'gap_split.json').write_text('[]\n')
+    (runs / 'mlp_static_none' / 'plots').mkdir()
+    (runs / 'mlp_static_none' / 'plots' / 'prefix_posterior.png').write_bytes(b'posterior figure')
+    (runs / 'mlp_static_none' / 'plots' / 'prefix_latent.png').write_bytes(b'latent figure')
     collect_results.collect(str(runs), str(tmp_path / 'results'))
     return tmp_path / 'results'
 
@@ -58,6 +61,11 @@ def test_collect_copies_finished_runs_only(section):
     assert (section / 'mlp_static_none' / 'gap_split.json').read_text() == '[]\n'
     assert not glob.glob(str(section / '*' / 'gap_split.txt'))
     assert not glob.glob(str(section / 'mlp_amortized_planar_seed*' / 'gap_*'))
+    # its posterior figure, the other plots left where they are
+    assert sorted(os.listdir(section / 'mlp_static_none')) == ['gap_split.json', 'gap_spread.txt', 'log.jsonl',
+                                                               'posterior.png', 'summary.json']
+    assert (section / 'mlp_static_none' / 'posterior.png').read_bytes() == b'posterior figure'
+    assert not glob.glob(str(section / 'mlp_amortized_planar_seed*' / '*.png'))
 
 
 def test_table_rows_are_last_finals_over_seeds(section, capsys):
