@@ -75,7 +75,8 @@ def _hdr_levels(density, masses=(0.99, 0.9, 0.5)):
 def plot_posteriors(images, labels, rows, path, title):
     """One row per image: the image; the true posterior p(z|x) (heat map); q0(z0|x) and q_K(z|x) (their
     50/90/99% highest-density contours over the posterior's, dashed). `rows` are posterior2d.posterior_panels
-    dicts; the three density panels of a row share its window."""
+    dicts: p(z|x) and q_K share the row's window; q0's panel is wider where q0 lies outside it, with that window
+    drawn dotted."""
     fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3.0 * len(rows)),
                              gridspec_kw={'width_ratios': (0.7, 1, 1, 1)}, squeeze=False)
     for ax_row, image, label, row in zip(axes, images, labels, rows):
@@ -84,10 +85,8 @@ def plot_posteriors(images, labels, rows, path, title):
         ax_img.set_title(f'label {label}', fontsize=9)
         ax_img.axis('off')
         box, gap = row['box'], row['log_px'] - row['elbo']
-        post_levels = _hdr_levels(row['posterior'])
         ax_post.imshow(row['posterior'].numpy(), origin='lower', extent=box, cmap='viridis', aspect='equal')
         ax_post.set_title(f'p(z|x), log p(x) = {row["log_px"]:.2f}', fontsize=9)
-        ax_q0.set_title('$q_0(z_0|x)$', fontsize=9)
         flow = row['flow']
         if row['qk'] is not None:
             ax_qk.contour(row['qk'].numpy(), levels=_hdr_levels(row['qk']), extent=box, colors='C3', linewidths=1)
@@ -97,13 +96,20 @@ def plot_posteriors(images, labels, rows, path, title):
             ax_qk.hist2d(samples[:, 0], samples[:, 1], bins=80, range=[box[:2], box[2:]], cmap='Reds', cmin=1)
             how = f'{len(samples):,} samples'
         ax_qk.set_title(f'$q_K(z|x)$ ({flow}, {how})\nELBO = {row["elbo"]:.2f}, gap = {gap:.2f}', fontsize=9)
-        ax_q0.contour(row['q0'].numpy(), levels=_hdr_levels(row['q0']), extent=box, colors='C0', linewidths=1)
-        for ax in (ax_q0, ax_qk):
-            if post_levels:
-                ax.contour(row['posterior'].numpy(), levels=post_levels, extent=box, colors='k',
-                           linewidths=0.7, linestyles='dashed')
-        for ax in (ax_post, ax_q0, ax_qk):
-            ax.set(xlim=box[:2], ylim=box[2:], aspect='equal')
+        q0_box = row['q0_box']
+        ax_q0.contour(row['q0'].numpy(), levels=_hdr_levels(row['q0']), extent=q0_box, colors='C0', linewidths=1)
+        ax_q0.set_title('$q_0(z_0|x)$' + ('' if q0_box == box else ' (dotted: the window of the other two)'),
+                        fontsize=9)
+        if q0_box != box:
+            ax_q0.add_patch(plt.Rectangle((box[0], box[2]), box[1] - box[0], box[3] - box[2], fill=False,
+                                          edgecolor='0.4', linewidth=0.8, linestyle='dotted'))
+        for ax, window, posterior in ((ax_q0, q0_box, row['q0_posterior']), (ax_qk, box, row['posterior'])):
+            levels = _hdr_levels(posterior)
+            if levels:
+                ax.contour(posterior.numpy(), levels=levels, extent=window, colors='k', linewidths=0.7,
+                           linestyles='dashed')
+        for ax, window in ((ax_post, box), (ax_q0, q0_box), (ax_qk, box)):
+            ax.set(xlim=window[:2], ylim=window[2:], aspect='equal')
             ax.tick_params(labelsize=7)
     fig.suptitle(f'{title}\nposterior p(z|x) (heat map; dashed: its 50/90/99% regions) against q0 and q_K '
                  '(nats)', fontsize=10)

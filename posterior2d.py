@@ -256,18 +256,26 @@ def _normalize(log_density, log_cell):
     return (log_density - log_mass).exp(), log_mass
 
 
-def _window(posterior, z, q0_mean, q0_std, qk_samples, mass=0.999, qk_mass=0.99, pad=0.15):
-    """A square window holding `mass` of the posterior on the grid, q0's mean ± 3 std and the central `qk_mass`
-    of q_K's samples (N, 2) on each axis, so that a q_K far from p(z|x) is drawn too."""
+def _central(samples, mass=0.999):
+    """The ends (2, 2) of the central `mass` of samples (N, 2) on each axis: rows low, high."""
+    return torch.quantile(samples, torch.tensor([(1 - mass) / 2, (1 + mass) / 2], dtype=samples.dtype), dim=0)
+
+
+def _window(posterior, z, points, mass=0.999, pad=0.15):
+    """A square window [x0, x1, y0, y1] holding `mass` of the posterior on the grid z and the points (P, 2)."""
     weights = posterior.flatten() / posterior.sum()
     order = weights.argsort(descending=True)
     keep = order[:int((weights[order].cumsum(0) < mass).sum()) + 1]
-    tails = torch.tensor([(1 - qk_mass) / 2, (1 + qk_mass) / 2], dtype=qk_samples.dtype)
-    points = torch.cat([z[keep], (q0_mean - 3 * q0_std)[None], (q0_mean + 3 * q0_std)[None],
-                        torch.quantile(qk_samples, tails, dim=0).to(z.dtype)])
+    points = torch.cat([z[keep], points.to(z.dtype)])
     low, high = points.min(0).values, points.max(0).values
     centre, half = (low + high) / 2, (high - low).max() / 2 * (1 + pad) + 1e-3
     return [float(centre[0] - half), float(centre[0] + half), float(centre[1] - half), float(centre[1] + half)]
+
+
+def _holds(box, points):
+    """Whether the window [x0, x1, y0, y1] holds the points (P, 2)."""
+    return bool((points[:, 0] >= box[0]).all() and (points[:, 0] <= box[1]).all()
+                and (points[:, 1] >= box[2]).all() and (points[:, 1] <= box[3]).all())
 
 
 def _window_grid(box, n):
@@ -275,6 +283,12 @@ def _window_grid(box, n):
     ys = torch.linspace(box[2], box[3], n, dtype=torch.float64)
     zz = torch.stack(torch.meshgrid(xs, ys, indexing='xy'), -1).reshape(-1, 2)   # row = y, column = x
     return zz, math.log((xs[1] - xs[0]) * (ys[1] - ys[0]))
+
+
+def _window_posterior(model, x, box, n):
+    """p(z|x) for one image x (1, C, H, W) on an n x n grid of `box`, normalized there: (n², ) float64 on the CPU."""
+    z, log_cell = _window_grid(box, n)
+    return _normalize(log_joint(model, x, z.to(device=x.device, dtype=x.dtype))[0].double().cpu(), log_cell)[0]
 
 
 def _flow_inverse(model, z, context):
@@ -287,11 +301,13 @@ def _flow_inverse(model, z, context):
 
 @torch.no_grad()
 def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000, elbo_samples=10_000, seed=EVAL_SEED):
-    """What each row of the posterior figure shows, for images x (M, C, H, W) in model space: a list of
-    dicts with the window 'box' (holding the bulk of p(z|x), q0 and q_K), the densities 'posterior', 'q0',
-    'qk' on a window x window grid of it (None for 'qk' when the flow has no inverse, or its inverse is not
-    finite on the whole window: then 'qk_samples' (samples, 2) from q_K), 'log_px' (the grid quadrature),
-    'elbo' (the mean of `elbo_samples` single-sample ELBOs) and the 'flow' kind."""
+    """What each row of the posterior figure shows, for images x (M, C, H, W) in model space: a list of dicts
+    with the window 'box' (the bulk of p(z|x) and the central 99.9% of q_K's samples on each axis), the densities
+    'posterior' and 'qk' on a window x window grid of it (None for 'qk' when the flow has no inverse, or its
+    inverse is not finite on the whole window: then 'qk_samples' (samples, 2) from q_K), q0's window 'q0_box'
+    (the box, widened to hold q0's bulk where a flow carried a distant q0 onto the posterior), 'q0' and
+    'q0_posterior' (the posterior again) on a grid of it, 'log_px' (the grid quadrature), 'elbo' (the mean of
+    `elbo_samples` single-sample ELBOs) and the 'flow' kind."""
     was_training = model.training
     model.eval()
     dtype = x.dtype
@@ -307,15 +323,19 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
             std = torch.exp(0.5 * log_var)
             eps = torch.randn(samples, 2, device=x.device, dtype=dtype)
             ctx_s = None if context is None else context.expand(samples, -1)
-            qk_samples = model.flow(mean + std * eps, ctx_s)[0].cpu()
-            box = _window(posterior.cpu(), z.cpu().double(), mean[0].cpu().double(), std[0].cpu().double(),
-                          qk_samples)
-            zw, log_cell_w = _window_grid(box, window)
-            zw_model = zw.to(device=x.device, dtype=dtype)
-            post_w, _ = _normalize(log_joint(model, xi, zw_model)[0].double().cpu(), log_cell_w)
-            q0 = log_normal_diag(zw, mean.cpu().double(), log_var.cpu().double()).exp()
+            z0_samples = mean + std * eps
+            qk_samples = model.flow(z0_samples, ctx_s)[0].cpu()
+            qk_ends, q0_ends = _central(qk_samples), _central(z0_samples.cpu())
+            box = _window(posterior.cpu(), z.cpu().double(), qk_ends)
+            q0_box = box if _holds(box, q0_ends) else _window(posterior.cpu(), z.cpu().double(),
+                                                               torch.cat([qk_ends, q0_ends]))
+            post_w = _window_posterior(model, xi, box, window)
+            post_q0 = post_w if q0_box == box else _window_posterior(model, xi, q0_box, window)
+            z_q0 = _window_grid(q0_box, window)[0]
+            q0 = log_normal_diag(z_q0, mean.cpu().double(), log_var.cpu().double()).exp()
+            zw = _window_grid(box, window)[0].to(device=x.device, dtype=dtype)
             ctx = None if context is None else context.expand(zw.shape[0], -1)
-            inverse = _flow_inverse(model, zw_model, ctx)
+            inverse = _flow_inverse(model, zw, ctx)
             qk = None
             if inverse is not None:   # exact contours; the samples only placed the window
                 z0, inv_log_det = inverse
@@ -323,8 +343,10 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
                 if torch.isfinite(log_qk).all():   # else the inverse overflowed (an IAF can): the samples are drawn
                     qk, qk_samples = log_qk.exp().cpu(), None
             draws = elbo(model(xi.expand(elbo_samples, *xi.shape[1:])), model.has_flow)
-            rows.append({'box': box, 'posterior': post_w.view(window, window), 'q0': q0.view(window, window),
+            rows.append({'box': box, 'posterior': post_w.view(window, window),
                          'qk': None if qk is None else qk.view(window, window), 'qk_samples': qk_samples,
+                         'q0_box': q0_box, 'q0': q0.view(window, window),
+                         'q0_posterior': post_q0.view(window, window),
                          'log_px': float(log_px), 'elbo': float(draws.double().mean()),
                          'flow': model.flow.kind if model.has_flow else 'none'})
     model.train(was_training)

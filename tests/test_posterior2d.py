@@ -161,16 +161,52 @@ def tiny_mnist_model(latent_dim, flow):
 
 
 def test_posterior_window_holds_a_distant_q_k():
-    """The row's window covers q_K's samples as well as p(z|x) and q0, so a q_K that missed the posterior
-    is still drawn."""
+    """The row's window covers the central 99.9% of q_K's samples as well as p(z|x), so a q_K that missed the
+    posterior is still drawn."""
     z, _ = posterior2d.grid_points(100, 4.0, dtype=torch.float64)
     posterior = torch.exp(-0.5 * (z / 0.1).pow(2).sum(-1))                 # p(z|x) at the origin
     torch.manual_seed(0)
     qk_samples = torch.tensor([3.0, -2.0]) + 0.05 * torch.randn(10_000, 2)  # q_K far from it
-    box = posterior2d._window(posterior, z, torch.zeros(2, dtype=torch.float64),
-                              torch.full((2,), 0.1, dtype=torch.float64), qk_samples)
+    box = posterior2d._window(posterior, z, posterior2d._central(qk_samples))
     assert box[0] < -0.3 and box[1] > 3.1 and box[2] < -2.1 and box[3] > 0.3
-    assert box[1] - box[0] < 5 and box[3] - box[2] < 5   # and is no wider than the three need
+    assert box[1] - box[0] < 5 and box[3] - box[2] < 5   # and is no wider than the two need
+    assert posterior2d._holds(box, qk_samples[:100]) and not posterior2d._holds(box, torch.tensor([[5.0, 0.0]]))
+
+
+class Shift(torch.nn.Module):
+    """A flow that moves every z by `shift`, log-det 0."""
+    kind, length = 'shift', 1
+
+    def __init__(self, shift):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, z, context=None):
+        return z + self.shift, z.new_zeros(z.shape[0])
+
+    def inverse(self, z, context=None):
+        return z - self.shift, z.new_zeros(z.shape[0])
+
+
+def test_a_distant_q0_gets_a_wider_panel(tmp_path):
+    """q0 at (20, -10), carried onto the posterior near the origin: p(z|x) and q_K keep a window of their own
+    size, and q0's panel a wider one that holds q0 and that window."""
+    W, b, x = bernoulli_toy(n_images=2)
+    model = LinearVAE(W, b, 'bernoulli', Shift(torch.tensor([-20.0, 10.0])), enc_c=torch.tensor([20.0, -10.0]),
+                      enc_log_var=torch.full((2,), -2.0))
+    rows = posterior2d.posterior_panels(model, x, n=100, limit=6.0, window=100, samples=5000, elbo_samples=10)
+    for row in rows:
+        (x0, x1, y0, y1), (u0, u1, v0, v1) = row['box'], row['q0_box']
+        assert x1 - x0 < 10 and x1 < 15 and y0 > -5                     # q0 left out
+        assert u0 <= x0 and u1 > 21.1 and v0 < -11.1 and v1 >= y1     # q0 and the other window in
+        assert row['q0'].sum().item() * (u1 - u0) * (v1 - v0) / 99 ** 2 == pytest.approx(1, abs=0.01)
+        assert row['q0_posterior'].shape == row['q0'].shape and torch.isfinite(row['q0_posterior']).all()
+    plotting.plot_posteriors(x.view(2, 1, 2, 3), [0, 1], rows, tmp_path / 'posterior.png', 'shift')
+    assert (tmp_path / 'posterior.png').stat().st_size > 10_000
+    model.flow.shift = torch.zeros(2)   # q_K = q0: one window for the three panels
+    model.enc_c = torch.zeros(2)
+    for row in posterior2d.posterior_panels(model, x, n=100, limit=6.0, window=100, samples=5000, elbo_samples=10):
+        assert row['q0_box'] == row['box'] and torch.equal(row['q0_posterior'], row['posterior'])
 
 
 @pytest.mark.parametrize('flow', ['householder', 'planar'])   # the exact q_K density, and a histogram
@@ -190,7 +226,7 @@ def test_posterior_figure_draws_samples_where_the_iaf_inverse_overflows(tmp_path
     """A perturbed 2-D IAF whose exact inverse overflows on part of the window (its density there nan):
     each row shows q_K's samples instead, as for a flow without an inverse."""
     W, b, x = bernoulli_toy(n_images=2)
-    model = LinearVAE(W, b, 'bernoulli', perturbed_flow('iaf', 2, scale=1.0))
+    model = LinearVAE(W, b, 'bernoulli', perturbed_flow('iaf', 2, scale=1.5))
     rows = posterior2d.posterior_panels(model, x, n=80, window=50, samples=2000, elbo_samples=100)
     for row in rows:
         z0, log_det = model.flow.inverse(posterior2d._window_grid(row['box'], 50)[0].float())
@@ -237,18 +273,6 @@ def test_adaptive_sum_equals_the_full_sum(float64, likelihood):
     torch.testing.assert_close(adaptive, full, atol=1e-5, rtol=0)   # float32 products summed in another order
     # the tiles are worth keeping: with a threshold of 0 nats only the peak tiles (and neighbours) are summed
     assert (posterior2d.log_px_grid(model, x, n=200, coarse=40, threshold=0.0) - full).abs().max() > 1e-3
-
-
-class Shift(torch.nn.Module):
-    """A flow that moves every z by `shift`, log-det 0."""
-    kind, length = 'shift', 1
-
-    def __init__(self, shift):
-        super().__init__()
-        self.shift = shift
-
-    def forward(self, z, context=None):
-        return z + self.shift, z.new_zeros(z.shape[0])
 
 
 def test_skipped_centres_says_whether_q_k_is_where_the_sum_looks(float64):
