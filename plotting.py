@@ -74,7 +74,8 @@ def _hdr_levels(density, masses=(0.99, 0.9, 0.5)):
 
 def plot_posteriors(images, labels, rows, path, title):
     """One row per image: the image; the true posterior p(z|x) (heat map); q0(z0|x) and q_K(z|x) (their
-    50/90/99% highest-density contours over the posterior's, dashed). `rows` are posterior2d.posterior_panels
+    50/90/99% highest-density contours over the posterior's, dashed; a histogram of q_K's samples where the row
+    has no q_K density). `rows` are posterior2d.posterior_panels
     dicts: p(z|x) and q_K share the row's window; q0's panel is wider where q0 lies outside it, with that window
     drawn dotted."""
     fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3.0 * len(rows)),
@@ -94,8 +95,8 @@ def plot_posteriors(images, labels, rows, path, title):
         else:
             samples = row['qk_samples'].numpy()
             ax_qk.hist2d(samples[:, 0], samples[:, 1], bins=80, range=[box[:2], box[2:]], cmap='Reds', cmin=1)
-            how = f'{len(samples):,} samples'
-        ax_qk.set_title(f'$q_K(z|x)$ ({flow}, {how})\nELBO = {row["elbo"]:.2f}, gap = {gap:.2f}', fontsize=9)
+            how = 'histogram'
+        ax_qk.set_title(f'$q_K(z|x)$ ({flow})\n{how}; ELBO = {row["elbo"]:.2f}, gap = {gap:.2f}', fontsize=9)
         q0_box = row['q0_box']
         ax_q0.contour(row['q0'].numpy(), levels=_hdr_levels(row['q0']), extent=q0_box, colors='C0', linewidths=1)
         ax_q0.set_title('$q_0(z_0|x)$' + ('' if q0_box == box else ' (dotted: the window of the other two)'),
