@@ -75,9 +75,8 @@ def _hdr_levels(density, masses=(0.99, 0.9, 0.5)):
 def plot_posteriors(images, labels, rows, path, title):
     """One row per image: the image; the true posterior p(z|x) (heat map); q0(z0|x) and q_K(z|x) (their
     50/90/99% highest-density contours over the posterior's, dashed; a histogram of q_K's samples where the row
-    has no q_K density). `rows` are posterior2d.posterior_panels
-    dicts: p(z|x) and q_K share the row's window; q0's panel is wider where q0 lies outside it, with that window
-    drawn dotted."""
+    has no q_K density). `rows` are posterior2d.posterior_panels dicts: p(z|x) and q_K share the row's window;
+    q0's panel is wider where q0 lies outside it, with that window drawn dotted."""
     fig, axes = plt.subplots(len(rows), 4, figsize=(12, 3.0 * len(rows)),
                              gridspec_kw={'width_ratios': (0.7, 1, 1, 1)}, squeeze=False)
     for ax_row, image, label, row in zip(axes, images, labels, rows):

@@ -316,6 +316,7 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
     with torch.random.fork_rng(devices=[x.device] if x.device.type == 'cuda' else []):
         torch.manual_seed(seed)
         joint = log_joint(model, x, z).double()                        # (M, G)
+        z_cpu = z.cpu().double()
         for i in progress(range(x.shape[0]), desc='posterior figure', unit='image', leave=False):
             xi = x[i:i + 1]
             posterior, log_px = _normalize(joint[i], log_cell)
@@ -326,9 +327,8 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
             z0_samples = mean + std * eps
             qk_samples = model.flow(z0_samples, ctx_s)[0].cpu()
             qk_ends, q0_ends = _central(qk_samples), _central(z0_samples.cpu())
-            box = _window(posterior.cpu(), z.cpu().double(), qk_ends)
-            q0_box = box if _holds(box, q0_ends) else _window(posterior.cpu(), z.cpu().double(),
-                                                               torch.cat([qk_ends, q0_ends]))
+            box = _window(posterior.cpu(), z_cpu, qk_ends)
+            q0_box = box if _holds(box, q0_ends) else _window(posterior.cpu(), z_cpu, torch.cat([qk_ends, q0_ends]))
             post_w = _window_posterior(model, xi, box, window)
             post_q0 = post_w if q0_box == box else _window_posterior(model, xi, q0_box, window)
             z_q0 = _window_grid(q0_box, window)[0]
