@@ -285,9 +285,10 @@ def _window_grid(box, n):
     return zz, math.log((xs[1] - xs[0]) * (ys[1] - ys[0]))
 
 
-def _window_posterior(model, x, box, n):
-    """p(z|x) for one image x (1, C, H, W) on an n x n grid of `box`, normalized there: (n², ) float64 on the CPU."""
-    z, log_cell = _window_grid(box, n)
+def _window_posterior(model, x, grid):
+    """p(z|x) for one image x (1, C, H, W) on a window's grid (z, log_cell) of _window_grid, normalized there: (n², )
+    float64 on the CPU."""
+    z, log_cell = grid
     return _normalize(log_joint(model, x, z.to(device=x.device, dtype=x.dtype))[0].double().cpu(), log_cell)[0]
 
 
@@ -327,13 +328,15 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
             z0_samples = mean + std * eps
             qk_samples = model.flow(z0_samples, ctx_s)[0].cpu()
             qk_ends, q0_ends = _central(qk_samples), _central(z0_samples.cpu())
-            box = _window(posterior.cpu(), z_cpu, qk_ends)
-            q0_box = box if _holds(box, q0_ends) else _window(posterior.cpu(), z_cpu, torch.cat([qk_ends, q0_ends]))
-            post_w = _window_posterior(model, xi, box, window)
-            post_q0 = post_w if q0_box == box else _window_posterior(model, xi, q0_box, window)
-            z_q0 = _window_grid(q0_box, window)[0]
-            q0 = log_normal_diag(z_q0, mean.cpu().double(), log_var.cpu().double()).exp()
-            zw = _window_grid(box, window)[0].to(device=x.device, dtype=dtype)
+            posterior = posterior.cpu()
+            box = _window(posterior, z_cpu, qk_ends)
+            q0_box = box if _holds(box, q0_ends) else _window(posterior, z_cpu, torch.cat([qk_ends, q0_ends]))
+            grid = _window_grid(box, window)
+            q0_grid = grid if q0_box == box else _window_grid(q0_box, window)
+            post_w = _window_posterior(model, xi, grid)
+            post_q0 = post_w if q0_grid is grid else _window_posterior(model, xi, q0_grid)
+            q0 = log_normal_diag(q0_grid[0], mean.cpu().double(), log_var.cpu().double()).exp()
+            zw = grid[0].to(device=x.device, dtype=dtype)
             ctx = None if context is None else context.expand(zw.shape[0], -1)
             inverse = _flow_inverse(model, zw, ctx)
             qk = None
