@@ -10,7 +10,8 @@ tile skipped. A narrow posterior (a well-trained model's) is what a coarse grid 
 change of the mean, the largest change of one image and how many images change by more than 0.1 and 1 nat, in
 nats, reference − grid. Last, the images whose q_K is centred where the evaluation grid's adaptive sum looks
 no further (posterior2d.skipped_centres), and by how much their log p(x) rises when their grid is summed in
-full: by nothing if q_K missed their posterior, by the mass of the mode if the first pass stepped over one.
+full: by nothing if q_K missed their posterior, by the mass of the mode if the first pass stepped over one (the
+largest rise, and the rise of the test set's mean).
 """
 import argparse
 import os
@@ -28,19 +29,21 @@ from trained import flow_label, trained_2d_model  # noqa: E402
 def check(model, x, grid, limit, finer, wider, dense):
     """{'finer', 'window', 'mean_log_px', 'mean_diff', 'mean_abs_diff', 'max_abs_diff', 'off_0.1', 'off_1' (how
     many images change by more than 0.1 and 1 nat), 'skipped' (how many images' q_K centres the grid's sum leaves
-    out) and 'skipped_missed' (the largest rise of their log p(x) summed in full)} of the refinement of x's
+    out), 'skipped_missed' (the largest rise of their log p(x) summed in full) and 'skipped_mean_rise' (the rise
+    of the mean over all N images)} of the refinement of x's
     log p(x) on a grid x grid over ±limit and, with dense > 0, 'dense_mean_diff' and 'dense_max_abs_diff' for its
     first `dense` images with the finer grid summed in full."""
     out = posterior2d.refinement_check(model, x, n=grid, limit=limit, finer=finer, wider=wider)
     off = (out['reference'] - out['value']).abs()
     row = {'finer': round(grid * finer * wider), 'window': limit * wider, 'mean_log_px': out['value'].mean().item(),
            'off_0.1': (off > 0.1).sum().item(), 'off_1': (off > 1).sum().item(),
-           'skipped': 0, 'skipped_missed': 0.0,
+           'skipped': 0, 'skipped_missed': 0.0, 'skipped_mean_rise': 0.0,
            **{key: out[key] for key in ('mean_diff', 'mean_abs_diff', 'max_abs_diff')}}
     skipped = posterior2d.skipped_centres(model, x, n=grid, limit=limit)
     if skipped.any():
         missed = posterior2d.log_px_grid(model, x[skipped], grid, limit, adaptive=False) - out['value'][skipped]
-        row.update(skipped=skipped.sum().item(), skipped_missed=missed.max().item())
+        row.update(skipped=skipped.sum().item(), skipped_missed=missed.max().item(),
+                   skipped_mean_rise=missed.sum().item() / x.shape[0])
     if dense:
         full = posterior2d.refinement_check(model, x[:dense], n=grid, limit=limit, finer=finer, wider=wider,
                                             dense_reference=True)
@@ -63,7 +66,7 @@ def main():
     images, pre = mnist_test_set(opts.data_dir)
     print(f'{len(images)} MNIST test images; reference − grid in nats per image\n\n'
           '| checkpoint | flow | grid | reference grid | log p(x) | mean change | mean abs change | largest '
-          f'| images > 0.1, > 1 nat | q_K centres skipped: images, rise in full | '
+          f'| images > 0.1, > 1 nat | q_K centres skipped: images, largest rise in full, rise of the mean | '
           f'{f"dense, first {opts.dense}: mean, largest |" if opts.dense else ""}\n'
           f'|---|---|---|---|---:|---:|---:|---:|---:|---:|{"---:|" if opts.dense else ""}')
     for path in opts.checkpoints:
@@ -75,7 +78,8 @@ def main():
         print(f'| {path} | {flow_label(model, args)} | {opts.grid}² on ±{opts.limit:g} '
               f'| {r["finer"]}² on ±{r["window"]:g} | {r["mean_log_px"] + log_det_pre.double().mean().item():.3f} '
               f'| {r["mean_diff"]:+.5f} | {r["mean_abs_diff"]:.5f} | {r["max_abs_diff"]:.5f} '
-              f'| {r["off_0.1"]}, {r["off_1"]} | {r["skipped"]}, {r["skipped_missed"]:.5f} |{dense}')
+              f'| {r["off_0.1"]}, {r["off_1"]} | {r["skipped"]}, {r["skipped_missed"]:.5f}, '
+              f'{r["skipped_mean_rise"]:.5f} |{dense}')
 
 
 if __name__ == '__main__':

@@ -42,11 +42,14 @@ def test_main_compares_the_runs_grid_with_a_finer_wider_one(data_root, tmp_path,
     assert float(cells[7]) == pytest.approx(change.abs().max().item(), abs=1e-5)
     assert cells[8] == f'{(change.abs() > 0.1).sum()}, {(change.abs() > 1).sum()}'
     skipped = posterior2d.skipped_centres(model, x, n=100, limit=4.0)
-    count, rise = cells[9].split(',')
+    count, rise, mean_rise = cells[9].split(',')
     assert int(count) == skipped.sum().item()
     if skipped.any():
         full = posterior2d.log_px_grid(model, x[skipped], n=100, limit=4.0, adaptive=False)
         assert float(rise) == pytest.approx((full - coarse[skipped]).max().item(), abs=1e-5)
+        assert float(mean_rise) == pytest.approx((full - coarse[skipped]).sum().item() / len(x), abs=1e-5)
+    else:
+        assert float(rise) == float(mean_rise) == 0
     dense = posterior2d.log_px_grid(model, x[:4], n=250, limit=5.0, adaptive=False) - coarse[:4]
     dense_mean, dense_max = (float(v) for v in cells[10].split(','))
     assert dense_mean == pytest.approx(dense.mean().item(), abs=1e-5)
@@ -66,5 +69,6 @@ def test_check_sums_the_images_whose_q_k_centre_it_skipped(float64):
     adaptive = posterior2d.log_px_grid(model, x, n=1000, limit=10.0)
     assert row['skipped'] == 2 and (full - adaptive).min() > 0.5
     assert row['skipped_missed'] == pytest.approx((full - adaptive).max().item(), abs=1e-9)
+    assert row['skipped_mean_rise'] == pytest.approx((full - adaptive).mean().item(), abs=1e-9)
     model.enc_c = torch.tensor([-2.7, 0.0])                            # on the broad mode: nothing to flag
     assert grid_check.check(model, x, grid=1000, limit=10.0, finer=1, wider=1, dense=0)['skipped'] == 0
