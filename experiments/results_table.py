@@ -2,6 +2,7 @@
 
     python experiments/results_table.py results/mnist40_full [--curves plots/mnist40_full_val_elbo.png]
     python experiments/results_table.py results/latent2_full [--gaps plots/latent2_full_gaps.png]
+    python experiments/results_table.py results/latent2_full --seeds_of 2
 
 RUN is MODEL_MODE_FLOW or MODEL_MODE_FLOW_seedN (e.g. mlp_amortized_planar_seed1); each holds log.jsonl (the
 run's log) and, from runs made since summaries exist, summary.json (flags, device, time). A run's numbers are
@@ -14,7 +15,8 @@ closes, 100 (1 − gap / gap_none), over the run's seeds. `--curves` draws the v
 seed 0 of every run, amortized and static flows side by side, and prints at how many evaluations each flow is
 ahead of the plain VAE; `--gaps` draws each row's exact − ELBO, static beside amortized, against the plain VAE's.
 Last, the gap analyses of a 2-D section (experiments/gap_spread.py and gap_split.py; experiments/run_results.sh
-writes them into each run folder), each run's rows under one header.
+writes them into each run folder), each run's rows under one header. `--seeds_of N` prints, instead of the tables,
+the N flows of a 2-D section that get more seeds, as run_results.sh's SEEDS_OF takes them (seed_picks).
 """
 import argparse
 import glob
@@ -273,6 +275,25 @@ def gap_points(runs):
     return points
 
 
+def seed_picks(runs, count=2):
+    """['MODE:FLOW', ...]: the `count` flows of `runs` (finished_runs) that close the most of the plain VAE's
+    exact − ELBO, among those whose mean exact log p(x) is not below the plain VAE's seed spread (its mean minus one
+    standard deviation over seeds): a smaller gap of a worse decoder is not a closer posterior."""
+    closed = []
+    for (model, mode, flow), group in runs.items():
+        none = [final for _, final, _ in runs.get((model, 'static', 'none'), []) if 'test_log_px_exact' in final]
+        finals = [final for _, final, _ in group if 'test_log_px_exact' in final]
+        if flow == 'none' or len(none) < 2 or not finals:
+            continue
+        none_log_px = [final['test_log_px_exact'] for final in none]
+        floor = statistics.mean(none_log_px) - statistics.stdev(none_log_px)
+        if statistics.mean(final['test_log_px_exact'] for final in finals) >= floor:
+            gap = statistics.mean(final['test_log_px_exact'] - final['test_elbo'] for final in finals)
+            none_gap = statistics.mean(final['test_log_px_exact'] - final['test_elbo'] for final in none)
+            closed.append((1 - gap / none_gap, f'{mode}:{flow}'))
+    return [name for _, name in sorted(closed, reverse=True)[:count]]
+
+
 def gap_figure(section, path):
     """exact − ELBO of each flow, static and amortized side by side (mean over seeds, bars their standard deviation),
     against the plain VAE's mean (line) and its spread over seeds (band). Beside each point, its log p(x) minus
@@ -312,7 +333,12 @@ if __name__ == '__main__':
     p.add_argument('sections', nargs='+', help='folders results/SECTION')
     p.add_argument('--curves', help='also draw the validation curves of the (first) section into this PNG')
     p.add_argument('--gaps', help='also draw the exact − ELBO of the (first, 2-D) section\'s runs into this PNG')
+    p.add_argument('--seeds_of', type=int, metavar='N', help='only print the N flows of the (first, 2-D) section '
+                   'that get more seeds, e.g. SEEDS_OF="$(... --seeds_of 2)"')
     a = p.parse_args()
+    if a.seeds_of:
+        print(' '.join(seed_picks(finished_runs(a.sections[0]), a.seeds_of)))
+        raise SystemExit
     for s in a.sections:
         table(s)
     if a.curves:

@@ -20,7 +20,8 @@
 #            resumed, not restarted.
 #   latent2_full  the mnist40_full protocol with --latent_dim 2 and float32 networks: the plain VAE with seeds 0, 1, 2, then each
 #            flow amortized and static with seed 0, then seeds 1 and 2 of the runs SEEDS_OF names (MODE:FLOW
-#            ..., e.g. SEEDS_OF='amortized:nice static:iaf', the flows that close the most gap); K = 5000,
+#            ..., e.g. SEEDS_OF='amortized:nice static:iaf': the flows that close the most gap, which
+#            `python experiments/results_table.py results/latent2_full --seeds_of 2` prints); K = 5000,
 #            the exact log p(x), and each run's gap analyses (experiments/gap_spread.py, gap_split.py) in its folder
 #   lr_schedule  the check behind the cosine schedule: the plain VAE of mnist40_full, 20,000 iterations,
 #            constant and cosine learning rate, validation ELBO only

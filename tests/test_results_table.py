@@ -198,6 +198,22 @@ def test_2d_rows_give_the_share_of_the_plain_vaes_gap_they_close(section, capsys
     assert os.path.getsize(section / 'gaps.png') > 0
 
 
+def test_seed_picks_rank_the_gap_closed_among_runs_as_good_as_the_plain_vae(section):
+    """The plain VAE's seeds: log p(x) −100 and −102 (floor −101 − √2 = −102.41), gaps 8. Amortized planar closes
+    half the gap but its log p(x) is below the floor, as is static Householder's; the rest rank by gap closed."""
+    def run(exact, gap):
+        return final(exact - gap, exact=exact)
+    runs = {('mlp', 'static', 'none'): [(0, run(-100.0, 8.0), {}), (1, run(-102.0, 8.0), {})],
+            ('mlp', 'amortized', 'planar'): [(0, run(-110.0, 4.0), {})],
+            ('mlp', 'static', 'householder'): [(0, run(-102.5, 6.0), {})],
+            ('mlp', 'static', 'nice'): [(0, run(-99.0, 9.0), {})],
+            ('mlp', 'static', 'radial'): [(0, run(-102.4, 7.5), {})],
+            ('mlp', 'static', 'planar'): [(0, run(-101.0, 7.0), {}), (1, run(-101.0, 7.2), {})]}
+    assert results_table.seed_picks(runs, 2) == ['static:planar', 'static:radial']
+    assert results_table.seed_picks(runs, 8) == ['static:planar', 'static:radial', 'static:nice']
+    assert results_table.seed_picks(results_table.finished_runs(str(section))) == []   # one seed of none: no spread
+
+
 COMMITTED_LOGS = glob.glob(os.path.join(ROOT, 'results', '*', '*', 'log.jsonl'))
 SECTIONS = sorted({os.path.dirname(os.path.dirname(log)) for log in COMMITTED_LOGS})
 
