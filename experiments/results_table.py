@@ -278,20 +278,17 @@ def gap_points(runs):
 def seed_picks(runs, count=2):
     """['MODE:FLOW', ...]: the `count` flows of `runs` (finished_runs) that close the most of the plain VAE's
     exact − ELBO, among those whose mean exact log p(x) is not below the plain VAE's seed spread (its mean minus one
-    standard deviation over seeds): a smaller gap of a worse decoder is not a closer posterior."""
-    closed = []
-    for (model, mode, flow), group in runs.items():
-        none = [final for _, final, _ in runs.get((model, 'static', 'none'), []) if 'test_log_px_exact' in final]
-        finals = [final for _, final, _ in group if 'test_log_px_exact' in final]
-        if flow == 'none' or len(none) < 2 or not finals:
-            continue
-        none_log_px = [final['test_log_px_exact'] for final in none]
-        floor = statistics.mean(none_log_px) - statistics.stdev(none_log_px)
-        if statistics.mean(final['test_log_px_exact'] for final in finals) >= floor:
-            gap = statistics.mean(final['test_log_px_exact'] - final['test_elbo'] for final in finals)
-            none_gap = statistics.mean(final['test_log_px_exact'] - final['test_elbo'] for final in none)
-            closed.append((1 - gap / none_gap, f'{mode}:{flow}'))
-    return [name for _, name in sorted(closed, reverse=True)[:count]]
+    standard deviation over seeds): a smaller gap of a worse decoder is not a closer posterior. Means as gap_points."""
+    points = gap_points(runs)
+    none_log_px = [final['test_log_px_exact'] for (_, mode, flow), group in runs.items()
+                   if (mode, flow) == ('static', 'none') for _, final, _ in group if 'test_log_px_exact' in final]
+    if len(none_log_px) < 2:
+        return []
+    floor = statistics.mean(none_log_px) - statistics.stdev(none_log_px)
+    none_gap = points['static', 'none'][0]
+    closed = sorted(((1 - gap / none_gap, f'{mode}:{flow}') for (mode, flow), (gap, _, _, log_px) in points.items()
+                     if flow != 'none' and log_px >= floor), reverse=True)
+    return [name for _, name in closed[:count]]
 
 
 def gap_figure(section, path):
