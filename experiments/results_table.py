@@ -333,7 +333,9 @@ if __name__ == '__main__':
     p.add_argument('--seeds_of', type=int, metavar='N', help='only print the N flows of the (first, 2-D) section '
                    'that get more seeds, e.g. SEEDS_OF="$(... --seeds_of 2)"')
     a = p.parse_args()
-    if a.seeds_of:
+    if a.seeds_of is not None:
+        if a.seeds_of < 1:
+            p.error(f'--seeds_of {a.seeds_of}: give how many flows get more seeds, at least 1 (e.g. --seeds_of 2)')
         print(' '.join(seed_picks(finished_runs(a.sections[0]), a.seeds_of)))
         raise SystemExit
     for s in a.sections:

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -212,6 +213,19 @@ def test_seed_picks_rank_the_gap_closed_among_runs_as_good_as_the_plain_vae(sect
     assert results_table.seed_picks(runs, 2) == ['static:planar', 'static:radial']
     assert results_table.seed_picks(runs, 8) == ['static:planar', 'static:radial', 'static:nice']
     assert results_table.seed_picks(results_table.finished_runs(str(section))) == []   # one seed of none: no spread
+
+
+def test_seeds_of_prints_the_picks_and_refuses_a_count_below_one(section):
+    """`--seeds_of N` prints seed_picks alone (none here: the section has one seed of the plain VAE); N < 1 is one
+    line of error and exit status 2."""
+    script = os.path.join(ROOT, 'experiments', 'results_table.py')
+    ok = subprocess.run([sys.executable, script, str(section), '--seeds_of', '2'], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == '\n'
+    bad = subprocess.run([sys.executable, script, str(section), '--seeds_of', '0'], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stdout == ''
+    assert bad.stderr.splitlines()[-1].endswith('--seeds_of 0: give how many flows get more seeds, at least 1 '
+                                                 '(e.g. --seeds_of 2)')
+    assert 'Traceback' not in bad.stderr
 
 
 COMMITTED_LOGS = glob.glob(os.path.join(ROOT, 'results', '*', '*', 'log.jsonl'))
