@@ -13,6 +13,7 @@ Also here: the posterior p(z|x) on a grid and the densities of q0(z0|x) and q_K(
 `posterior_figure` draws (plotting.plot_posteriors), and `gaps`, the fields the final evaluation reports.
 """
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -261,15 +262,36 @@ def _central(samples, mass=0.999):
     return torch.quantile(samples, torch.tensor([(1 - mass) / 2, (1 + mass) / 2], dtype=samples.dtype), dim=0)
 
 
-def _window(posterior, z, points, mass=0.999, pad=0.15):
-    """A square window [x0, x1, y0, y1] holding `mass` of the posterior on the grid z and the points (P, 2)."""
+def _bulk(posterior, z, mass=0.999):
+    """The fewest points of the grid z (G, 2) that hold `mass` of the posterior (G,) on it."""
     weights = posterior.flatten() / posterior.sum()
     order = weights.argsort(descending=True)
-    keep = order[:int((weights[order].cumsum(0) < mass).sum()) + 1]
-    points = torch.cat([z[keep], points.to(z.dtype)])
+    return z[order[:int((weights[order].cumsum(0) < mass).sum()) + 1]]
+
+
+def _window(posterior, z, points, mass=0.999, pad=0.15):
+    """A square window [x0, x1, y0, y1] holding `mass` of the posterior on the grid z and the points (P, 2)."""
+    points = torch.cat([_bulk(posterior, z, mass), points.to(z.dtype)])
     low, high = points.min(0).values, points.max(0).values
     centre, half = (low + high) / 2, (high - low).max() / 2 * (1 + pad) + 1e-3
     return [float(centre[0] - half), float(centre[0] + half), float(centre[1] - half), float(centre[1] + half)]
+
+
+def _moments(z, weights=None):
+    """(mean (2,), covariance (2, 2)) of points z (P, 2), weighted by `weights` (P,) when given."""
+    weights = torch.full_like(z[:, 0], 1 / len(z)) if weights is None else weights / weights.sum()
+    mean = weights @ z
+    centred = z - mean
+    return mean, (weights[:, None] * centred).T @ centred
+
+
+def _posterior_moments(model, x, posterior, z, cell, n):
+    """_moments of p(z|x) for one image x (1, C, H, W), on an n x n grid over its bulk on the coarser grid z
+    (posterior there, cells `cell` wide) widened by a cell: exact for a posterior narrower than those cells."""
+    bulk = _bulk(posterior, z)
+    (x0, y0), (x1, y1) = (bulk.min(0).values - cell).tolist(), (bulk.max(0).values + cell).tolist()
+    grid = _window_grid([x0, x1, y0, y1], n)
+    return _moments(grid[0], _window_posterior(model, x, grid))
 
 
 def _holds(box, points):
@@ -308,7 +330,9 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
     inverse is not finite on the whole window: then 'qk_samples' (samples, 2) from q_K), q0's window 'q0_box'
     (the box, widened to hold q0's bulk where a flow carried a distant q0 onto the posterior), 'q0' and
     'q0_posterior' (the posterior again) on a grid of it, 'log_px' (the grid quadrature), 'elbo' (the mean of
-    `elbo_samples` single-sample ELBOs) and the 'flow' kind."""
+    `elbo_samples` single-sample ELBOs), the 'flow' kind, and 'moments': for 'posterior' (on a window x window
+    grid of its bulk), 'q0' (exact) and 'qk' (from its samples) each a (mean (2,), covariance (2, 2)) pair in
+    float64."""
     was_training = model.training
     model.eval()
     dtype = x.dtype
@@ -327,8 +351,11 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
             ctx_s = None if context is None else context.expand(samples, -1)
             z0_samples = mean + std * eps
             qk_samples = model.flow(z0_samples, ctx_s)[0].cpu()
+            moments = {'qk': _moments(qk_samples.double()),
+                       'q0': (mean[0].cpu().double(), torch.diag(log_var[0].cpu().double().exp()))}
             qk_ends, q0_ends = _central(qk_samples), _central(z0_samples.cpu())
             posterior = posterior.cpu()
+            moments['posterior'] = _posterior_moments(model, xi, posterior, z_cpu, 2 * limit / n, window)
             box = _window(posterior, z_cpu, qk_ends)
             q0_box = box if _holds(box, q0_ends) else _window(posterior, z_cpu, torch.cat([qk_ends, q0_ends]))
             grid = _window_grid(box, window)
@@ -351,15 +378,34 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
                          'q0_box': q0_box, 'q0': q0.view(window, window),
                          'q0_posterior': post_q0.view(window, window),
                          'log_px': float(log_px), 'elbo': float(draws.double().mean()),
-                         'flow': model.flow.kind if model.has_flow else 'none'})
+                         'flow': model.flow.kind if model.has_flow else 'none', 'moments': moments})
     model.train(was_training)
     return rows
 
 
+def distance_table(indices, labels, rows):
+    """A markdown table of the figure's rows: for each test image its log p(x), ELBO and gap, where q0 and q_K
+    lie (the distance from their mean to the posterior's) and how wide each of the three is (the standard
+    deviation along its widest direction, the square root of its covariance's largest eigenvalue)."""
+    def width(moments):
+        return torch.linalg.eigvalsh(moments[1])[-1].clamp(min=0).sqrt().item()
+
+    lines = ['| test image | label | log p(x) | ELBO | gap | p(z|x) sd | q0 → p(z|x) | q0 sd | q_K → p(z|x) '
+             '| q_K sd |', '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+    for index, label, row in zip(indices, labels, rows):
+        posterior, q0, qk = (row['moments'][name] for name in ('posterior', 'q0', 'qk'))
+        lines.append(f'| {index} | {label} | {row["log_px"]:.2f} | {row["elbo"]:.2f} '
+                     f'| {row["log_px"] - row["elbo"]:.2f} | {width(posterior):.3f} '
+                     f'| {(q0[0] - posterior[0]).norm():.2f} | {width(q0):.3f} '
+                     f'| {(qk[0] - posterior[0]).norm():.2f} | {width(qk):.3f} |')
+    return '\n'.join(lines) + '\n'
+
+
 def posterior_figure(model, pre, images, labels, path, title, indices=None, **kw):
     """plots/<prefix>_posterior.png: for 6 test images of different classes (`pick_images`), the image, the
-    true posterior p(z|x), q0(z0|x) and q_K(z|x), each row zoomed on its posterior. Returns False (and draws
-    nothing) unless the latent space is 2-D, else True."""
+    true posterior p(z|x), q0(z0|x) and q_K(z|x), each row zoomed on its posterior; and beside it, the same
+    name ending .txt, their `distance_table`. Returns False (and draws nothing) unless the latent space is 2-D,
+    else True."""
     indices = pick_images(labels) if indices is None else indices
     x, log_det_pre = preprocess(pre, images[indices])
     if latent_dim(model, x) != 2:
@@ -369,4 +415,6 @@ def posterior_figure(model, pre, images, labels, path, title, indices=None, **kw
         row['log_px'] += det
         row['elbo'] += det
     plotting.plot_posteriors(pre.to_image(x).cpu(), labels[indices].tolist(), rows, path, title)
+    with open(os.path.splitext(path)[0] + '.txt', 'w') as f:
+        f.write(f'{title}\n\n' + distance_table(indices, labels[indices].tolist(), rows))
     return True

@@ -6,8 +6,8 @@ For each run folder RUNS/SECTION/RUN whose log has a final record, its logs/<pre
 results/SECTION/RUN/log.jsonl and its logs/<prefix>_summary.json (flags, metrics, time, device)
 results/SECTION/RUN/summary.json, without the paths of the machine it ran on (`portable_config`), and the
 tables of its gap analyses (experiments/run_results.sh runs them on the 2-D sections' runs) and its posterior figure
-(plots/<prefix>_posterior.png, drawn by a 2-D run's evaluation) as results/SECTION/RUN/posterior.png, when it has
-them. Samples and other plots stay where they are, and so do checkpoints, but for the runs named by --model: the model
+(plots/<prefix>_posterior.png, drawn by a 2-D run's evaluation, and its table plots/<prefix>_posterior.txt) as
+results/SECTION/RUN/posterior.png and posterior.txt, when it has them. Samples and other plots stay where they are, and so do checkpoints, but for the runs named by --model: the model
 their summary evaluated (checkpoints/<prefix>_best.pt, else the last) becomes results/SECTION/RUN/model.pt,
 its weights and flags alone (utils.model_file), which `--eval_only --resume` re-evaluates.
 """
@@ -67,8 +67,9 @@ def collect(source, dest, models=()):
         for name in ANALYSES:
             if os.path.exists(os.path.join(source, run, name)):
                 shutil.copyfile(os.path.join(source, run, name), os.path.join(dest, run, name))
-        for figure in glob.glob(os.path.join(source, run, 'plots', '*_posterior.png')):
-            shutil.copyfile(figure, os.path.join(dest, run, 'posterior.png'))
+        for ending in ('png', 'txt'):
+            for figure in glob.glob(os.path.join(source, run, 'plots', f'*_posterior.{ending}')):
+                shutil.copyfile(figure, os.path.join(dest, run, f'posterior.{ending}'))
         if run in models:
             copy_model(os.path.join(source, run), os.path.join(dest, run, 'model.pt'))
         print(f'{run}: collected{" with its model" if run in models else ""}')

@@ -78,7 +78,7 @@ def main():
     parser.add_argument('--data_dir', default=datasets.default_data_dir(), help='where MNIST is')
     parser.add_argument('--worst', metavar='PREFIX', help='also draw the posteriors of each checkpoint\'s '
                         f'{posterior2d.POSTERIOR_IMAGES} images with the largest gaps into PREFIX_<n>.png, n its '
-                        'place on the command line')
+                        'place on the command line, and their table into PREFIX_<n>.txt')
     opts = parser.parse_args()
     images, pre = mnist_test_set(opts.data_dir)
     torch.manual_seed(0)

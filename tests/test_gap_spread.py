@@ -83,6 +83,8 @@ def test_main_on_a_trained_2d_run(data_root, tmp_path, capsys, monkeypatch):
     indices = gap_spread.worst_posteriors(model, pre, images, gaps, str(figure), data_root, 'worst', n=100,
                                           window=40, samples=2000, elbo_samples=100)
     assert indices == [4, 3, 2, 1, 0, len(images) - 1] and figure.stat().st_size > 0
+    rows = (tmp_path / 'worst.txt').read_text().splitlines()[4:]   # the figure's table, its rows in that order
+    assert [int(row.split(' | ')[0].strip('| ')) for row in rows] == indices
 
 
 def test_the_mc_error_is_the_standard_error_of_each_images_mean_elbo(float64):

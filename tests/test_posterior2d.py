@@ -209,6 +209,37 @@ def test_a_distant_q0_gets_a_wider_panel(tmp_path):
         assert row['q0_box'] == row['box'] and torch.equal(row['q0_posterior'], row['posterior'])
 
 
+@pytest.mark.parametrize('n', [300, 20])   # grid cells 0.04 and 0.6 wide, against a posterior sd of about 0.1
+def test_moments_and_distances_match_the_closed_form_linear_gaussian(n, float64):
+    """Linear-Gaussian decoder: p(z|x) = N(S Wᵀ(x − b)/σ², S), S = (I + WᵀW/σ²)⁻¹. q0 = N(c, diag(v)) and the
+    flow a shift by s, so q_K = N(c + s, diag(v)): every moment and every entry of the table is known, also
+    where the posterior is narrower than the quadrature's cells."""
+    model, x, _ = linear_gaussian_model()
+    c, log_var, shift = torch.tensor([0.4, -0.3]), torch.log(torch.tensor([0.04, 0.01])), torch.tensor([0.2, 0.5])
+    model.enc_c, model.enc_log_var, model.flow = c, log_var, Shift(shift)
+    x = x[:3]
+    sigma = 0.3
+    S = torch.linalg.inv(torch.eye(2) + model.W.T @ model.W / sigma ** 2).double()
+    means = (x.flatten(1) - model.b).double() @ model.W.double() / sigma ** 2 @ S      # (3, 2); S is symmetric
+    rows = posterior2d.posterior_panels(model, x, n=n, limit=6.0, window=60, samples=200_000, elbo_samples=10)
+    for row, mean in zip(rows, means):
+        posterior, q0, qk = (row['moments'][name] for name in ('posterior', 'q0', 'qk'))
+        torch.testing.assert_close(posterior[0], mean, atol=1e-4, rtol=0)
+        torch.testing.assert_close(posterior[1], S, atol=1e-4, rtol=0)
+        torch.testing.assert_close(q0[0], c.double(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(q0[1], torch.diag(log_var.exp()).double(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(qk[0], (c + shift).double(), atol=2e-3, rtol=0)             # 200,000 draws
+        torch.testing.assert_close(qk[1], torch.diag(log_var.exp()).double(), atol=1e-3, rtol=0)
+    table = posterior2d.distance_table([7, 8, 9], [1, 2, 3], rows).splitlines()
+    assert len(table) == 5 and table[0].startswith('| test image | label |')
+    for line, row, mean in zip(table[2:], rows, means):
+        cells = [float(v) for v in line.strip('| ').split(' | ')]
+        widest = torch.linalg.eigvalsh(S)[-1].sqrt()
+        expected = [row['log_px'], row['elbo'], row['log_px'] - row['elbo'], widest, (c - mean).norm(), 0.2,
+                    (c + shift - mean).norm(), 0.2]
+        assert cells[2:] == pytest.approx([float(v) for v in expected], abs=6e-3)   # printed to 2 or 3 places
+
+
 @pytest.mark.parametrize('flow', ['householder', 'planar'])   # the exact q_K density, and a histogram
 def test_posterior_figure(tmp_path, flow):
     images = torch.randint(0, 256, (12, 1, 28, 28), dtype=torch.uint8)
@@ -220,6 +251,10 @@ def test_posterior_figure(tmp_path, flow):
     with open(path, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     assert path.stat().st_size > 20_000
+    title, _, table = (tmp_path / 'posterior.txt').read_text().splitlines()[:3]   # and its table beside it
+    rows = (tmp_path / 'posterior.txt').read_text().splitlines()[4:]
+    assert title == 'tiny' and table.startswith('| test image |') and len(rows) == 6
+    assert [row.split(' | ')[:2] for row in rows] == [[f'| {i}', str(i)] for i in range(6)]   # index, label
 
 
 def test_posterior_figure_draws_samples_where_the_iaf_inverse_overflows(tmp_path):

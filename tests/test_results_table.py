@@ -47,6 +47,7 @@ def section(tmp_path):
     (runs / 'mlp_static_none' / 'gap_split.json').write_text('[]\n')
     (runs / 'mlp_static_none' / 'plots').mkdir()
     (runs / 'mlp_static_none' / 'plots' / 'prefix_posterior.png').write_bytes(b'posterior figure')
+    (runs / 'mlp_static_none' / 'plots' / 'prefix_posterior.txt').write_text('| its table |\n')
     (runs / 'mlp_static_none' / 'plots' / 'prefix_latent.png').write_bytes(b'latent figure')
     collect_results.collect(str(runs), str(tmp_path / 'results'))
     return tmp_path / 'results'
@@ -62,10 +63,11 @@ def test_collect_copies_finished_runs_only(section):
     assert (section / 'mlp_static_none' / 'gap_split.json').read_text() == '[]\n'
     assert not glob.glob(str(section / '*' / 'gap_split.txt'))
     assert not glob.glob(str(section / 'mlp_amortized_planar_seed*' / 'gap_*'))
-    # its posterior figure, the other plots left where they are
+    # its posterior figure and the figure's table, the other plots left where they are
     assert sorted(os.listdir(section / 'mlp_static_none')) == ['gap_split.json', 'gap_spread.txt', 'log.jsonl',
-                                                               'posterior.png', 'summary.json']
+                                                               'posterior.png', 'posterior.txt', 'summary.json']
     assert (section / 'mlp_static_none' / 'posterior.png').read_bytes() == b'posterior figure'
+    assert (section / 'mlp_static_none' / 'posterior.txt').read_text() == '| its table |\n'
     assert not glob.glob(str(section / 'mlp_amortized_planar_seed*' / '*.png'))
 
 
