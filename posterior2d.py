@@ -287,7 +287,7 @@ def _moments(z, weights=None):
 
 def _posterior_moments(model, x, posterior, z, cell, n):
     """_moments of p(z|x) for one image x (1, C, H, W), on an n x n grid over its bulk on the coarser grid z
-    (posterior there, cells `cell` wide) widened by a cell: exact for a posterior narrower than those cells."""
+    (posterior there, cells `cell` wide) widened by a cell, so also for a posterior narrower than those cells."""
     bulk = _bulk(posterior, z)
     (x0, y0), (x1, y1) = (bulk.min(0).values - cell).tolist(), (bulk.max(0).values + cell).tolist()
     grid = _window_grid([x0, x1, y0, y1], n)
@@ -351,11 +351,11 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
             ctx_s = None if context is None else context.expand(samples, -1)
             z0_samples = mean + std * eps
             qk_samples = model.flow(z0_samples, ctx_s)[0].cpu()
-            moments = {'qk': _moments(qk_samples.double()),
-                       'q0': (mean[0].cpu().double(), torch.diag(log_var[0].cpu().double().exp()))}
             qk_ends, q0_ends = _central(qk_samples), _central(z0_samples.cpu())
             posterior = posterior.cpu()
-            moments['posterior'] = _posterior_moments(model, xi, posterior, z_cpu, 2 * limit / n, window)
+            moments = {'posterior': _posterior_moments(model, xi, posterior, z_cpu, 2 * limit / n, window),
+                       'q0': (mean[0].cpu().double(), torch.diag(log_var[0].cpu().double().exp())),
+                       'qk': _moments(qk_samples.double())}
             box = _window(posterior, z_cpu, qk_ends)
             q0_box = box if _holds(box, q0_ends) else _window(posterior, z_cpu, torch.cat([qk_ends, q0_ends]))
             grid = _window_grid(box, window)
