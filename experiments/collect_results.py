@@ -7,7 +7,8 @@ results/SECTION/RUN/log.jsonl and its logs/<prefix>_summary.json (flags, metrics
 results/SECTION/RUN/summary.json, without the paths of the machine it ran on (`portable_config`), and the
 tables of its gap analyses (experiments/run_results.sh runs them on the 2-D sections' runs) and its posterior figure
 (plots/<prefix>_posterior.png, drawn by a 2-D run's evaluation, and its table plots/<prefix>_posterior.txt) as
-results/SECTION/RUN/posterior.png and posterior.txt, when it has them. Samples and other plots stay where they are, and so do checkpoints, but for the runs named by --model: the model
+results/SECTION/RUN/posterior.png and posterior.txt, when it has them. Samples and other plots stay where they are,
+and so do checkpoints, but for the runs named by --model: the model
 their summary evaluated (checkpoints/<prefix>_best.pt, else the last) becomes results/SECTION/RUN/model.pt,
 its weights and flags alone (utils.model_file), which `--eval_only --resume` re-evaluates.
 """
