@@ -269,9 +269,9 @@ def _bulk(posterior, z, mass=0.999):
     return z[order[:int((weights[order].cumsum(0) < mass).sum()) + 1]]
 
 
-def _window(posterior, z, points, mass=0.999, pad=0.15):
-    """A square window [x0, x1, y0, y1] holding `mass` of the posterior on the grid z and the points (P, 2)."""
-    points = torch.cat([_bulk(posterior, z, mass), points.to(z.dtype)])
+def _window(bulk, points, pad=0.15):
+    """A square window [x0, x1, y0, y1] holding the posterior's `_bulk` (B, 2) and the points (P, 2)."""
+    points = torch.cat([bulk, points.to(bulk.dtype)])
     low, high = points.min(0).values, points.max(0).values
     centre, half = (low + high) / 2, (high - low).max() / 2 * (1 + pad) + 1e-3
     return [float(centre[0] - half), float(centre[0] + half), float(centre[1] - half), float(centre[1] + half)]
@@ -285,10 +285,9 @@ def _moments(z, weights=None):
     return mean, (weights[:, None] * centred).T @ centred
 
 
-def _posterior_moments(model, x, posterior, z, cell, n):
-    """_moments of p(z|x) for one image x (1, C, H, W), on an n x n grid over its bulk on the coarser grid z
-    (posterior there, cells `cell` wide) widened by a cell, so also for a posterior narrower than those cells."""
-    bulk = _bulk(posterior, z)
+def _posterior_moments(model, x, bulk, cell, n):
+    """_moments of p(z|x) for one image x (1, C, H, W), on an n x n grid over its `_bulk` (B, 2) on a coarser grid
+    (cells `cell` wide) widened by a cell, so also for a posterior narrower than those cells."""
     (x0, y0), (x1, y1) = (bulk.min(0).values - cell).tolist(), (bulk.max(0).values + cell).tolist()
     grid = _window_grid([x0, x1, y0, y1], n)
     return _moments(grid[0], _window_posterior(model, x, grid))
@@ -352,12 +351,12 @@ def posterior_panels(model, x, n=GRID, limit=LIMIT, window=200, samples=100_000,
             z0_samples = mean + std * eps
             qk_samples = model.flow(z0_samples, ctx_s)[0].cpu()
             qk_ends, q0_ends = _central(qk_samples), _central(z0_samples.cpu())
-            posterior = posterior.cpu()
-            moments = {'posterior': _posterior_moments(model, xi, posterior, z_cpu, 2 * limit / n, window),
+            bulk = _bulk(posterior.cpu(), z_cpu)
+            moments = {'posterior': _posterior_moments(model, xi, bulk, 2 * limit / n, window),
                        'q0': (mean[0].cpu().double(), torch.diag(log_var[0].cpu().double().exp())),
                        'qk': _moments(qk_samples.double())}
-            box = _window(posterior, z_cpu, qk_ends)
-            q0_box = box if _holds(box, q0_ends) else _window(posterior, z_cpu, torch.cat([qk_ends, q0_ends]))
+            box = _window(bulk, qk_ends)
+            q0_box = box if _holds(box, q0_ends) else _window(bulk, torch.cat([qk_ends, q0_ends]))
             grid = _window_grid(box, window)
             q0_grid = grid if q0_box == box else _window_grid(q0_box, window)
             post_w = _window_posterior(model, xi, grid)

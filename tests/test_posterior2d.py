@@ -167,7 +167,7 @@ def test_posterior_window_holds_a_distant_q_k():
     posterior = torch.exp(-0.5 * (z / 0.1).pow(2).sum(-1))                 # p(z|x) at the origin
     torch.manual_seed(0)
     qk_samples = torch.tensor([3.0, -2.0]) + 0.05 * torch.randn(10_000, 2)  # q_K far from it
-    box = posterior2d._window(posterior, z, posterior2d._central(qk_samples))
+    box = posterior2d._window(posterior2d._bulk(posterior, z), posterior2d._central(qk_samples))
     assert box[0] < -0.3 and box[1] > 3.1 and box[2] < -2.1 and box[3] > 0.3
     assert box[1] - box[0] < 5 and box[3] - box[2] < 5   # and is no wider than the two need
     assert posterior2d._holds(box, qk_samples[:100]) and not posterior2d._holds(box, torch.tensor([[5.0, 0.0]]))
